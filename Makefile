@@ -1,0 +1,48 @@
+# Thin wrappers around the commands in README.md; nothing here is hidden magic.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup lab test test-fast exercises grade notebooks bench clean
+
+# A virtual environment with cnnlib (editable) and everything the lectures and tests need.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Start JupyterLab with the file browser on lectures/.
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/lectures
+
+# Every test: unit tests, course-structure tests, and every lecture and solution notebook
+# executed top to bottom in the quick profile (nbval).
+test: $(STAMP)
+	CNNLIB_PROFILE=quick $(BIN)/python -m pytest --nbval-lax
+
+# Unit and structure tests only (no notebook execution).
+test-fast: $(STAMP)
+	CNNLIB_PROFILE=quick $(BIN)/python -m pytest tests
+
+exercises: $(STAMP)
+	$(BIN)/cnn-course exercises
+
+# make grade SUBMISSIONS=submissions/  → grades.csv and grades.md
+SUBMISSIONS ?= submissions
+grade: $(STAMP)
+	$(BIN)/cnn-course grade $(SUBMISSIONS) --out grades.csv
+
+# Strip outputs from every notebook (keeps the outputs nbval checks).
+notebooks: $(STAMP)
+	$(BIN)/cnn-course clean
+
+bench: $(STAMP)
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,36 @@
+"""Model zoo: one family per module, a small registry to build them by name.
+
+Every constructor takes ``num_classes`` and ``in_channels`` first, then family-specific options::
+
+    from cnnlib import models
+    net = models.create("vgg16", num_classes=10)
+    models.available()          # every registered name
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make ``fn`` buildable as ``create(fn.__name__, ...)``."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def available() -> list[str]:
+    """Names ``create`` accepts."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name; an unknown name raises an error listing the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(available())}")
+    return _REGISTRY[name](**kwargs)
+
+
+from . import classic  # noqa: E402,F401  (registers its models)

@@ -1,0 +1,116 @@
+"""Run profiles: how big an experiment is, on which device, with which seed.
+
+Every notebook starts with ``P = cnnlib.setup()``. That one call
+
+* picks the profile — ``quick`` (CPU, embedded data, tiny models, about a minute per notebook)
+  or ``full`` (one GPU, CIFAR-10, the papers' model sizes); ``CNNLIB_PROFILE`` overrides the
+  automatic choice (``full`` when CUDA is present, else ``quick``);
+* picks the device and seeds Python, NumPy and PyTorch;
+* prints one line saying all of that, so a reader always knows what scale they are looking at.
+
+An experiment states its scale in one visible place::
+
+    cfg = P.choose(quick=dict(depths=(8, 20), epochs=4), full=dict(depths=(20, 56), epochs=40))
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PROFILES = ("quick", "full")
+DEFAULT_DATA = {"quick": "digits", "full": "cifar10"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The scale an experiment runs at. ``name`` is ``"quick"`` or ``"full"``."""
+
+    name: str
+    device: torch.device
+    seed: int
+    data: str
+
+    @property
+    def quick(self) -> bool:
+        return self.name == "quick"
+
+    def choose(self, *, quick, full):
+        """Return ``quick`` or ``full`` according to this profile."""
+        return quick if self.quick else full
+
+    def __str__(self) -> str:
+        return f"profile={self.name} device={self.device} data={self.data} seed={self.seed}"
+
+
+def resolve_profile_name(env: dict | None = None, cuda: bool | None = None) -> str:
+    """The profile this process runs in: ``CNNLIB_PROFILE`` if set, else full iff CUDA is present."""
+    env = os.environ if env is None else env
+    name = env.get("CNNLIB_PROFILE", "").strip().lower()
+    if name:
+        if name not in PROFILES:
+            raise ValueError(f"CNNLIB_PROFILE={name!r} is not a profile; choose one of {PROFILES}")
+        return name
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return "full" if cuda else "quick"
+
+
+def default_device() -> torch.device:
+    """CUDA if present, then Apple's MPS, else the CPU. ``CNNLIB_DEVICE`` overrides."""
+    if os.environ.get("CNNLIB_DEVICE"):
+        return torch.device(os.environ["CNNLIB_DEVICE"])
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a rerun draws the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+_current: Profile | None = None
+
+
+def current() -> Profile:
+    """The active profile (the one ``setup`` chose, or the automatic one if it was never called)."""
+    global _current
+    if _current is None:
+        name = resolve_profile_name()
+        _current = Profile(name, default_device(), 0, DEFAULT_DATA[name])
+    return _current
+
+
+def setup(seed: int = 0, profile: str | None = None, device: str | torch.device | None = None,
+          verbose: bool = True) -> Profile:
+    """Choose profile and device, seed every generator, print what was chosen, return the Profile.
+
+    ``profile``/``device`` override the environment for this process (useful in tests).
+    """
+    global _current
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"profile={profile!r} is not a profile; choose one of {PROFILES}")
+    name = profile or resolve_profile_name()
+    dev = torch.device(device) if device is not None else default_device()
+    seed_everything(seed)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _current = Profile(name, dev, seed, DEFAULT_DATA[name])
+    if verbose:
+        threads = f" threads={torch.get_num_threads()}" if dev.type == "cpu" else ""
+        print(f"cnnlib: {_current}{threads} torch={torch.__version__}")
+    return _current
+
+
+def choose(*, quick, full):
+    """Module-level shortcut for ``current().choose(quick=..., full=...)``."""
+    return current().choose(quick=quick, full=full)

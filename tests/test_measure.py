@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn as nn
+
+import cnnlib
+from cnnlib import measure
+from cnnlib.models import create
+
+
+def test_conv_flops_are_two_per_multiply_add():
+    conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    macs = 8 * 16 * 9 * 10 * 10
+    assert measure.flops(conv, (1, 8, 10, 10)) == 2 * macs
+    assert measure.macs(conv, (1, 8, 10, 10)) == macs
+
+
+def test_three_stacked_3x3_convs_see_7x7_with_27_instead_of_49_c_squared_weights():
+    c = 16
+    stack = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.ReLU())
+                            for _ in range(3)])
+    single = nn.Conv2d(c, c, 7, padding=3, bias=False)
+    assert measure.receptive_field(stack, (1, c, 21, 21)) == (7, 7)
+    assert measure.receptive_field(single, (1, c, 21, 21)) == (7, 7)
+    assert cnnlib.count_params(stack) == 27 * c * c and cnnlib.count_params(single) == 49 * c * c
+
+
+def test_receptive_field_formula_matches_the_measurement():
+    layers = [(3, 1, 1), (3, 2, 1), (3, 1, 2), (3, 1, 4)]
+    net = nn.Sequential(*[nn.Conv2d(1, 1, k, s, padding=d * (k // 2), dilation=d) for k, s, d in layers])
+    r = measure.receptive_field_formula(layers)
+    assert r == 1 + 2 * 1 * 1 + 2 * 1 * 1 + 2 * 2 * 2 + 2 * 4 * 2 == 29  # (k-1)·d·jump, summed
+    assert measure.receptive_field(net, (1, 1, 65, 65)) == (r, r)
+
+
+def test_alexnet_receptive_field_matches_the_formula():
+    feats = create("alexnet").features
+    layers = [(11, 4), (3, 2), (5, 1), (3, 2), (3, 1), (3, 1), (3, 1), (3, 2)]
+    assert measure.receptive_field_formula(layers) == 195
+    assert measure.receptive_field(feats, (1, 3, 451, 451)) == (195, 195)
+
+
+def test_receptive_field_through_branches_takes_the_widest_path():
+    inception = create("googlenet", variant="paper").inception["3a"]
+    assert measure.receptive_field(inception, (1, 192, 15, 15)) == (5, 5)
+
+
+def test_receptive_field_on_too_small_an_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="reaches the border"):
+        measure.receptive_field(nn.Conv2d(1, 1, 7, padding=3), (1, 1, 5, 5))
+
+
+def test_count_params_and_forward_time():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert cnnlib.count_params(net) == 3 * 4 * 9 + 4 + 8
+    net[1].weight.requires_grad_(False)
+    assert cnnlib.count_params(net, trainable_only=True) == 3 * 4 * 9 + 4 + 4
+    assert measure.forward_time(net, (1, 3, 8, 8), repeats=3) > 0
+
+
+def test_flops_by_module_adds_up():
+    net = create("vgg11", num_classes=10, in_channels=1, small=True)
+    parts = measure.flops_by_module(net, (1, 1, 32, 32))
+    assert set(parts) == {"features", "avgpool", "classifier"}
+    assert sum(parts.values()) == measure.flops(net, (1, 1, 32, 32)) and parts["features"] > 0
