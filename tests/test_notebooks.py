@@ -73,3 +73,22 @@ def test_clean_strips_outputs_but_keeps_checked_ones(tmp_path):
     assert cleaned.cells[1].outputs[0]["data"]["text/plain"] == "2"
     assert cleaned.cells[1].execution_count == 1  # nbval ignores outputs of "unrun" cells
     assert notebooks.clean([path]) == []  # idempotent
+
+
+def test_authoring_builds_clean_nbgrader_notebooks(tmp_path):
+    from cnnlib.course import authoring as A
+
+    nb = A.notebook([A.markdown("# T"), A.code("import cnnlib"),
+                     A.answer("f", "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"),
+                     A.graded_test("test_f", 2, "assert f() == 1")], nbgrader=True)
+    path = A.write(nb, tmp_path / "x.ipynb")
+    cells = _read(path).cells
+    assert [c.id for c in cells] == ["c000", "c001", "c002", "c003"]
+    meta = [c.metadata["nbgrader"] for c in cells]
+    assert meta[2]["solution"] and not meta[2]["locked"]
+    assert meta[3]["grade"] and meta[3]["points"] == 2 and meta[3]["locked"]
+    assert all(m["locked"] for i, m in enumerate(meta) if i != 2)
+    with pytest.raises(ValueError, match="BEGIN SOLUTION"):
+        A.answer("g", "def g(): return 1")
+    with pytest.raises(ValueError, match="positive"):
+        A.graded_test("t", 0, "assert True")
