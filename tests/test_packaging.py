@@ -15,7 +15,8 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     declared = {_name(r) for r in project["dependencies"]}
     declared |= {_name(r) for r in project["optional-dependencies"]["dev"]}
     env = (ROOT / "environment.yml").read_text()
-    listed = {_name(m.group(1)) for m in re.finditer(r"^\s+- ([A-Za-z][\w.\-]*)", env, re.M)}
+    packages = env.split("\ndependencies:", 1)[1]          # not the channels above it
+    listed = {_name(m.group(1)) for m in re.finditer(r"^\s+- ([A-Za-z][\w.\-]*)", packages, re.M)}
     listed -= {"python", "pip"}
     assert declared == listed, (f"only in pyproject: {sorted(declared - listed)}; "
                                 f"only in environment.yml: {sorted(listed - declared)}")
