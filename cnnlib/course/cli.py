@@ -1,6 +1,9 @@
 """``cnn-course``: the instructor's command line.
 
-    cnn-course clean [PATH...] [--run]     strip outputs (run first with --run to refresh checked ones)
+    cnn-course clean [PATH...] [--run]       strip outputs (run first with --run to refresh checked ones)
+    cnn-course exercises                     write exercises/ from solutions/
+    cnn-course grade SUBMISSION... [--out grades.csv]
+                                             grade notebooks (files or folders) into a CSV and a summary
 """
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import notebooks
+from . import exercises, grade, notebooks
 
 NOTEBOOK_FOLDERS = ("lectures", "solutions", "exercises")
 
@@ -34,6 +37,39 @@ def _clean(args) -> int:
     return 0
 
 
+def _exercises(args) -> int:
+    root = _course_root() if args.solutions is None or args.out is None else None
+    solutions = args.solutions or root / "solutions"
+    out = args.out or root / "exercises"
+    try:
+        changed = exercises.generate(solutions, out)
+    except ValueError as err:
+        raise SystemExit(f"cnn-course exercises: {err}")
+    for path in changed:
+        print(f"{'wrote' if path.exists() else 'removed'} {path}")
+    print(f"{len(changed)} exercise notebook(s) changed in {out}")
+    return 0
+
+
+def _grade(args) -> int:
+    solutions = args.solutions or _course_root() / "solutions"
+
+    def progress(result):
+        print(f"{result.student:>20}  {result.exercise or '(unknown)':<24} "
+              f"{result.points:g} / {result.max_points:g}  ({result.seconds:.1f} s)"
+              + ("  " + result.rows[0].status if result.rows and result.rows[0].status == "invalid" else ""),
+              flush=True)
+
+    try:
+        results = grade.grade(args.submissions, args.out, solutions_dir=solutions, student=args.student,
+                              jobs=args.jobs, cell_timeout=args.cell_timeout,
+                              total_timeout=args.timeout, progress=progress)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"cnn-course grade: {err}")
+    print(f"graded {len(results)} submission(s): wrote {args.out} and {grade.summary_path(args.out)}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cnn-course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +79,25 @@ def main(argv=None) -> int:
     p.add_argument("--run", action="store_true",
                    help="execute each notebook first (quick profile) to refresh checked outputs")
     p.set_defaults(func=_clean)
+
+    p = sub.add_parser("exercises", help="generate exercises/ from solutions/ (idempotent)")
+    p.add_argument("--solutions", type=Path, help="solution notebooks (default: solutions/)")
+    p.add_argument("--out", type=Path, help="where the exercises go (default: exercises/)")
+    p.set_defaults(func=_exercises)
+
+    p = sub.add_parser("grade", help="grade submitted notebooks into a CSV and a readable summary",
+                       description=grade.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("submissions", nargs="+", type=Path, help="notebooks or folders of notebooks")
+    p.add_argument("--out", type=Path, default=Path("grades.csv"),
+                   help="the CSV to write; the summary goes beside it as .md (default: grades.csv)")
+    p.add_argument("--student", help="student id for a single submission (default: from the file name)")
+    p.add_argument("--solutions", type=Path, help="solution notebooks (default: solutions/)")
+    p.add_argument("--jobs", type=int, help="submissions graded at once (default: one per CPU core)")
+    p.add_argument("--cell-timeout", type=float, default=grade.CELL_TIMEOUT,
+                   help=f"seconds per cell (default: {grade.CELL_TIMEOUT})")
+    p.add_argument("--timeout", type=float, default=grade.TOTAL_TIMEOUT,
+                   help=f"seconds per submission, all cells together (default: {grade.TOTAL_TIMEOUT})")
+    p.set_defaults(func=_grade)
     args = parser.parse_args(argv)
     return args.func(args)
 
