@@ -1,0 +1,546 @@
+"""The NASNet search space (Zoph, Vasudevan, Shlens & Le 2018): search a *cell*, not a network.
+
+A network is a stack of two kinds of cells — **normal** cells keep the spatial size, **reduction**
+cells halve it (their operations on the cell inputs use stride 2) — repeated N times per stage.
+A cell takes the outputs of the two previous cells, ``h[i-1]`` and ``h[i]``, and builds B blocks;
+block b
+
+1. picks two hidden states among ``h[i-1]``, ``h[i]`` and the outputs of blocks 0..b-1,
+2. picks an operation for each of them from the 13-op list of the paper (``OPS``),
+3. combines the two results by element-wise addition or by concatenation.
+
+The cell's output concatenates every block output that no later block uses (Sec. 3 of the
+paper). A **genotype** is the list of these choices for the normal and the reduction cell: a
+small, hashable, printable value, validated on construction. ``NASNet`` builds a network from it.
+
+Index convention (as in DARTS' ``genotypes.py``): input 0 is ``h[i-1]`` (the older cell),
+input 1 is ``h[i]`` (the previous cell), input 2 + k is the output of block k.
+
+Two details the paper leaves open, chosen as in the public NASNet/DARTS code:
+* every convolution is ReLU → conv → BatchNorm, and a depthwise-separable convolution is
+  applied twice (ReLU, depthwise, pointwise, BN, twice);
+* an ``identity`` on a cell input of a reduction cell is a ``FactorizedReduce`` (two offset
+  stride-2 1×1 convolutions, concatenated), the only way to halve the size without pooling.
+One detail is ours: a block that *concatenates* its two inputs is projected back to C channels
+by ReLU → 1×1 conv → BN, so that every hidden state in a cell has the same C channels.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import register
+
+# The 13 operations of Zoph et al. (2018), Sec. 3 — the lecture's list, in a fixed order.
+OPS = ("identity", "conv_1x3_3x1", "conv_1x7_7x1", "dil_conv_3x3",
+       "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "conv_1x1", "conv_3x3",
+       "avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7")
+PARAMETER_FREE = frozenset({"identity", "avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"})
+COMBINERS = ("add", "concat")
+
+
+# --------------------------------------------------------------------------------------------
+# Operations
+# --------------------------------------------------------------------------------------------
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU → k×k convolution (optionally dilated) → BatchNorm, the NASNet convolution unit."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1,
+                 affine: bool = True):
+        super().__init__(nn.ReLU(), nn.Conv2d(c_in, c_out, kernel, stride, dilation * (kernel // 2),
+                                              dilation=dilation, bias=False),
+                         nn.BatchNorm2d(c_out, affine=affine))
+
+
+class FactorizedConv(nn.Sequential):
+    """ReLU → 1×k conv → k×1 conv → BN: a k×k receptive field with 2k instead of k² weights per
+    channel pair (Szegedy et al. 2016, "Rethinking the Inception architecture", Sec. 3.2)."""
+
+    def __init__(self, channels: int, kernel: int, stride: int = 1, affine: bool = True):
+        p = kernel // 2
+        super().__init__(nn.ReLU(),
+                         nn.Conv2d(channels, channels, (1, kernel), (1, stride), (0, p), bias=False),
+                         nn.Conv2d(channels, channels, (kernel, 1), (stride, 1), (p, 0), bias=False),
+                         nn.BatchNorm2d(channels, affine=affine))
+
+
+class SepConv(nn.Sequential):
+    """Depthwise-separable convolution, applied twice as in NASNet: (ReLU → k×k depthwise →
+    1×1 pointwise → BN) × 2; only the first depthwise convolution has the stride."""
+
+    def __init__(self, channels: int, kernel: int, stride: int = 1, affine: bool = True):
+        layers = []
+        for s in (stride, 1):
+            layers += [nn.ReLU(),
+                       nn.Conv2d(channels, channels, kernel, s, kernel // 2, groups=channels, bias=False),
+                       nn.Conv2d(channels, channels, 1, bias=False),
+                       nn.BatchNorm2d(channels, affine=affine)]
+        super().__init__(*layers)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the spatial size without losing half the pixels: ReLU, then two stride-2 1×1
+    convolutions, one on the input and one on the input shifted by one pixel, concatenated
+    along channels, then BN (Zoph et al. 2018's code; DARTS' ``FactorizedReduce``)."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True):
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {c_out}")
+        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
+        self.conv_b = nn.Conv2d(c_in, c_out // 2, 1, 2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(x)
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # same size as x, moved by one pixel
+        return self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted)], 1))
+
+
+def make_op(name: str, channels: int, stride: int = 1, affine: bool = True) -> nn.Module:
+    """The module for one of ``OPS`` on ``channels`` channels; ``stride`` 2 halves the size
+    (rounding up, the same for every op). ``affine=False`` gives BatchNorm without learnable
+    scale and shift, as DARTS uses inside its supernet."""
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    c = channels
+    if name == "identity":
+        return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
+    if name == "conv_1x3_3x1":
+        return FactorizedConv(c, 3, stride, affine)
+    if name == "conv_1x7_7x1":
+        return FactorizedConv(c, 7, stride, affine)
+    if name == "dil_conv_3x3":
+        return ReLUConvBN(c, c, 3, stride, dilation=2, affine=affine)
+    if name.startswith("sep_conv_"):
+        return SepConv(c, int(name[-1]), stride, affine)
+    if name == "conv_1x1":
+        return ReLUConvBN(c, c, 1, stride, affine=affine)
+    if name == "conv_3x3":
+        return ReLUConvBN(c, c, 3, stride, affine=affine)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+    if name.startswith("max_pool_"):
+        k = int(name[-1])
+        return nn.MaxPool2d(k, stride, k // 2)
+    raise ValueError(f"unknown operation {name!r}; the NASNet operations are {', '.join(OPS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Genotypes
+# --------------------------------------------------------------------------------------------
+
+def state_name(index: int) -> str:
+    """Readable name of hidden state ``index`` of a cell: h[i-1], h[i], b0, b1, ..."""
+    return ("h[i-1]", "h[i]")[index] if index < 2 else f"b{index - 2}"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a cell: ``ops[0](state inputs[0]) ⊕ ops[1](state inputs[1])`` with ⊕ = ``combine``."""
+
+    inputs: tuple[int, int]
+    ops: tuple[str, str]
+    combine: str = "add"
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(int(i) for i in self.inputs))
+        object.__setattr__(self, "ops", tuple(self.ops))
+        if len(self.inputs) != 2 or len(self.ops) != 2:
+            raise ValueError(f"a block has exactly two inputs and two operations, got {self.inputs}, {self.ops}")
+        for op in self.ops:
+            if op not in OPS:
+                raise ValueError(f"unknown operation {op!r}; the NASNet operations are {', '.join(OPS)}")
+        if self.combine not in COMBINERS:
+            raise ValueError(f"unknown combiner {self.combine!r}; choose one of {COMBINERS}")
+
+    def __str__(self) -> str:
+        sym = " + " if self.combine == "add" else " ‖ "
+        return sym.join(f"{op}({state_name(i)})" for op, i in zip(self.ops, self.inputs))
+
+
+def _check_cell(blocks: tuple[Block, ...], kind: str) -> None:
+    for b, block in enumerate(blocks):
+        for i in block.inputs:
+            if not 0 <= i < 2 + b:
+                raise ValueError(f"{kind} cell, block {b}: input index {i} is out of range; block {b} "
+                                 f"may use 0 (h[i-1]), 1 (h[i]) or an earlier block (2..{b + 1})")
+
+
+def unused_blocks(blocks) -> list[int]:
+    """Indices of the blocks no later block reads: the cell concatenates these as its output."""
+    used = {i - 2 for block in blocks for i in block.inputs if i >= 2}
+    return [b for b in range(len(blocks)) if b not in used]
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """The choices that define a NASNet-style network: the normal and the reduction cell.
+
+    Immutable and hashable (usable as a dict key or cache key); ``str`` prints one block per line.
+    Invalid genotypes (unknown op, input index out of range, cells of different length) raise
+    ``ValueError`` on construction.
+    """
+
+    normal: tuple[Block, ...]
+    reduce: tuple[Block, ...]
+
+    def __post_init__(self):
+        for kind in ("normal", "reduce"):
+            blocks = tuple(b if isinstance(b, Block) else Block(*b) for b in getattr(self, kind))
+            object.__setattr__(self, kind, blocks)
+            if not blocks:
+                raise ValueError(f"the {kind} cell has no blocks")
+            _check_cell(blocks, kind)
+        if len(self.normal) != len(self.reduce):
+            raise ValueError(f"normal and reduction cells must have the same number of blocks, "
+                             f"got {len(self.normal)} and {len(self.reduce)}")
+
+    @property
+    def blocks(self) -> int:
+        return len(self.normal)
+
+    def ops(self) -> list[str]:
+        """Every operation of both cells, in order."""
+        return [op for cell in (self.normal, self.reduce) for block in cell for op in block.ops]
+
+    def __str__(self) -> str:
+        lines = []
+        for kind in ("normal", "reduce"):
+            blocks = getattr(self, kind)
+            out = " ‖ ".join(f"b{b}" for b in unused_blocks(blocks))
+            lines.append(f"{kind} cell (output = {out}):")
+            lines += [f"  b{b} = {block}" for b, block in enumerate(blocks)]
+        return "\n".join(lines)
+
+
+def from_darts(normal, reduce, combine: str = "add") -> Genotype:
+    """A genotype from DARTS-style lists ``[(op, input), (op, input), ...]`` (two per block)."""
+    def cell(pairs):
+        names = {"skip_connect": "identity", "conv_7x1_1x7": "conv_1x7_7x1"}
+        pairs = [(names.get(op, op), i) for op, i in pairs]
+        return tuple(Block((a[1], b[1]), (a[0], b[0]), combine) for a, b in zip(pairs[::2], pairs[1::2]))
+    return Genotype(cell(normal), cell(reduce))
+
+
+# NASNet-A (Zoph et al. 2018, Fig. 4) and AmoebaNet-A (Real et al. 2019, Fig. 4), as transcribed
+# in DARTS' genotypes.py (Liu et al. 2019). Both concatenate exactly their unused blocks.
+NASNET_A = from_darts(
+    normal=[("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 0), ("sep_conv_3x3", 0),
+            ("avg_pool_3x3", 1), ("identity", 0), ("avg_pool_3x3", 0), ("avg_pool_3x3", 0),
+            ("sep_conv_3x3", 1), ("identity", 1)],
+    reduce=[("sep_conv_5x5", 1), ("sep_conv_7x7", 0), ("max_pool_3x3", 1), ("sep_conv_7x7", 0),
+            ("avg_pool_3x3", 1), ("sep_conv_5x5", 0), ("identity", 3), ("avg_pool_3x3", 2),
+            ("sep_conv_3x3", 2), ("max_pool_3x3", 1)])
+AMOEBANET_A = from_darts(
+    normal=[("avg_pool_3x3", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0), ("avg_pool_3x3", 3), ("sep_conv_3x3", 1), ("identity", 1),
+            ("identity", 0), ("avg_pool_3x3", 1)],
+    reduce=[("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_7x7", 2),
+            ("sep_conv_7x7", 0), ("avg_pool_3x3", 1), ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+            ("conv_1x7_7x1", 0), ("sep_conv_3x3", 5)])
+# The cell DARTS found (Liu et al. 2019, "DARTS_V2" in its genotypes.py): four blocks. DARTS
+# concatenates all four block outputs; built here, a cell concatenates only the unused ones.
+DARTS_V2 = from_darts(
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("identity", 0), ("sep_conv_3x3", 1),
+            ("identity", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("identity", 2)],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("identity", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("identity", 2), ("identity", 2), ("avg_pool_3x3", 0)])
+
+
+# --------------------------------------------------------------------------------------------
+# The search space: sampling, mutation, size
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Cells of ``blocks`` blocks whose operations come from ``ops`` and combiners from ``combiners``.
+
+    ``NASNET_SPACE`` is the paper's (B = 5, 13 operations, add or concat). Smaller spaces (fewer
+    blocks or operations) make searches affordable on a CPU.
+    """
+
+    blocks: int = 5
+    ops: tuple[str, ...] = OPS
+    combiners: tuple[str, ...] = COMBINERS
+
+    def __post_init__(self):
+        object.__setattr__(self, "ops", tuple(self.ops))
+        object.__setattr__(self, "combiners", tuple(self.combiners))
+        if self.blocks < 1:
+            raise ValueError(f"a cell needs at least one block, got blocks={self.blocks}")
+        for op in self.ops:
+            if op not in OPS:
+                raise ValueError(f"unknown operation {op!r}; the NASNet operations are {', '.join(OPS)}")
+        if not self.ops or not self.combiners or set(self.combiners) - set(COMBINERS):
+            raise ValueError(f"ops must be a non-empty subset of OPS and combiners of {COMBINERS}")
+
+    def validate(self, genotype: Genotype) -> Genotype:
+        """Return ``genotype`` if it lies in this space, else raise a ``ValueError`` saying why."""
+        if not isinstance(genotype, Genotype):
+            raise ValueError(f"expected a Genotype, got {type(genotype).__name__}")
+        if genotype.blocks != self.blocks:
+            raise ValueError(f"this space has {self.blocks} blocks per cell, the genotype has {genotype.blocks}")
+        for kind in ("normal", "reduce"):
+            for b, block in enumerate(getattr(genotype, kind)):
+                for op in block.ops:
+                    if op not in self.ops:
+                        raise ValueError(f"{kind} cell, block {b}: operation {op!r} is not in this "
+                                         f"space ({', '.join(self.ops)})")
+                if block.combine not in self.combiners:
+                    raise ValueError(f"{kind} cell, block {b}: combiner {block.combine!r} is not in "
+                                     f"this space {self.combiners}")
+        return genotype
+
+    def size(self) -> int:
+        """The number of distinct genotypes, counting the choices as the NASNet controller makes
+        them (ordered input pairs): per cell Π_b (b+2)²·|ops|²·|combiners|, squared for two cells."""
+        per_cell = math.prod((b + 2) ** 2 * len(self.ops) ** 2 * len(self.combiners)
+                             for b in range(self.blocks))
+        return per_cell ** 2
+
+    def _random_block(self, b: int, rng: random.Random) -> Block:
+        return Block((rng.randrange(b + 2), rng.randrange(b + 2)),
+                     (rng.choice(self.ops), rng.choice(self.ops)), rng.choice(self.combiners))
+
+    def random(self, rng: random.Random) -> Genotype:
+        """A genotype drawn uniformly from the space (each choice independently)."""
+        return Genotype(tuple(self._random_block(b, rng) for b in range(self.blocks)),
+                        tuple(self._random_block(b, rng) for b in range(self.blocks)))
+
+    def mutate(self, genotype: Genotype, rng: random.Random) -> Genotype:
+        """A child that differs from ``genotype`` in exactly one choice (Real et al. 2019, Sec. 3):
+        in one cell, one block, either an input ("hidden-state mutation"), an operation ("op
+        mutation") or — if the space has several — the combiner, replaced by a different value."""
+        self.validate(genotype)
+        kind = rng.choice(("normal", "reduce"))
+        cell = list(getattr(genotype, kind))
+        b = rng.randrange(len(cell))
+        block = cell[b]
+        kinds = ["input"] + (["op"] if len(self.ops) > 1 else []) + \
+                (["combine"] if len(self.combiners) > 1 else [])
+        what, slot = rng.choice(kinds), rng.randrange(2)
+        if what == "input":  # block b has b + 2 >= 2 candidate inputs, so another one exists
+            inputs = list(block.inputs)
+            inputs[slot] = rng.choice([i for i in range(b + 2) if i != inputs[slot]])
+            block = Block(tuple(inputs), block.ops, block.combine)
+        elif what == "op":
+            ops = list(block.ops)
+            ops[slot] = rng.choice([o for o in self.ops if o != ops[slot]])
+            block = Block(block.inputs, tuple(ops), block.combine)
+        else:
+            block = Block(block.inputs, block.ops, rng.choice([c for c in self.combiners if c != block.combine]))
+        cell[b] = block
+        normal, reduce = (cell, genotype.reduce) if kind == "normal" else (genotype.normal, cell)
+        return Genotype(tuple(normal), tuple(reduce))
+
+
+NASNET_SPACE = SearchSpace()
+
+
+def random_genotype(rng: random.Random, space: SearchSpace = NASNET_SPACE) -> Genotype:
+    """A random genotype of ``space`` (the paper's space by default); valid by construction."""
+    return space.random(rng)
+
+
+def mutate(genotype: Genotype, rng: random.Random, space: SearchSpace = NASNET_SPACE) -> Genotype:
+    """One random mutation of ``genotype`` inside ``space``; always a different, valid genotype."""
+    return space.mutate(genotype, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# Cells and the network
+# --------------------------------------------------------------------------------------------
+
+class Cell(nn.Module):
+    """A normal or reduction cell built from a tuple of ``Block``s, on ``channels`` channels.
+
+    Both cell inputs are first brought to ``channels`` channels (1×1 convolutions; a
+    ``FactorizedReduce`` for ``h[i-1]`` when the previous cell was a reduction and ``h[i-1]``
+    is therefore twice as large). Output: the unused block outputs, concatenated.
+    """
+
+    def __init__(self, blocks, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
+                 reduction_prev: bool):
+        super().__init__()
+        C = channels
+        self.reduction = reduction
+        self.pre0 = FactorizedReduce(c_prev_prev, C) if reduction_prev else ReLUConvBN(c_prev_prev, C, 1)
+        self.pre1 = ReLUConvBN(c_prev, C, 1)
+        self.inputs = [block.inputs for block in blocks]
+        self.combine = [block.combine for block in blocks]
+        self.ops = nn.ModuleList(
+            nn.ModuleList(make_op(op, C, 2 if reduction and i < 2 else 1) for op, i in zip(block.ops, block.inputs))
+            for block in blocks)
+        self.project = nn.ModuleDict({str(b): ReLUConvBN(2 * C, C, 1)
+                                      for b, block in enumerate(blocks) if block.combine == "concat"})
+        self.concat = unused_blocks(blocks)
+        self.out_channels = len(self.concat) * C
+
+    def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        for b, ((i, j), (op_i, op_j)) in enumerate(zip(self.inputs, self.ops)):
+            x, y = op_i(states[i]), op_j(states[j])
+            states.append(x + y if self.combine[b] == "add" else self.project[str(b)](torch.cat([x, y], 1)))
+        return torch.cat([states[2 + b] for b in self.concat], 1)
+
+
+class NASNet(nn.Module):
+    """A CIFAR-style NASNet built from a genotype (Zoph et al. 2018, Fig. 2, left):
+
+        stem (3×3 conv) → N normal → reduction → N normal → reduction → N normal → pool → linear
+
+    with ``channels`` channels per hidden state in the first stage, doubled at every reduction.
+    "NASNet-A (6 @ 768)" in the paper means N = 6 and 768 channels before the classifier.
+    ``stages`` (3 in the paper) sets the number of stages; 2 (one reduction) suits 8×8 images.
+    """
+
+    def __init__(self, genotype: Genotype, num_classes: int = 10, in_channels: int = 3,
+                 channels: int = 16, cells_per_stage: int = 2, stages: int = 3, stem_multiplier: int = 3):
+        super().__init__()
+        if not isinstance(genotype, Genotype):
+            raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
+        if channels % 2:
+            raise ValueError(f"channels must be even (reductions split them in two halves), got {channels}")
+        if cells_per_stage < 1 or stages < 1:
+            raise ValueError(f"cells_per_stage and stages must be at least 1, got {cells_per_stage}, {stages}")
+        self.genotype = genotype
+        c_stem = stem_multiplier * channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(c_stem))
+        c_pp, c_p, C = c_stem, c_stem, channels
+        cells, reduction_prev = [], False
+        for stage in range(stages):
+            if stage > 0:
+                C *= 2
+                cells.append(Cell(genotype.reduce, c_pp, c_p, C, True, reduction_prev))
+                c_pp, c_p, reduction_prev = c_p, cells[-1].out_channels, True
+            for _ in range(cells_per_stage):
+                cells.append(Cell(genotype.normal, c_pp, c_p, C, False, reduction_prev))
+                c_pp, c_p, reduction_prev = c_p, cells[-1].out_channels, False
+        self.cells = nn.ModuleList(cells)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_p, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.head(s1)
+
+
+@register
+def nasnet(num_classes: int = 10, in_channels: int = 3, genotype: Genotype = NASNET_A,
+           channels: int = 16, cells_per_stage: int = 2, stages: int = 3) -> NASNet:
+    """A CIFAR-style network from a genotype (NASNet-A's cells by default)."""
+    return NASNet(genotype, num_classes, in_channels, channels, cells_per_stage, stages)
+
+
+def residual_genotype(blocks: int) -> Genotype:
+    """A hand-designed baseline in the same space: each block is a 3×3 convolution of the
+    previous state plus a skip connection, ``b_k = conv_3x3(b_{k-1}) + identity(b_{k-1})``
+    (starting from h[i]) — a chain of residual units (He et al. 2016), in both cells."""
+    cell = tuple(Block((1 if b == 0 else b + 1,) * 2, ("conv_3x3", "identity")) for b in range(blocks))
+    return Genotype(cell, cell)
+
+
+def match_channels(genotype: Genotype, params: int, **network) -> int:
+    """The even ``channels`` for which ``NASNet(genotype, channels=..., **network)`` has the
+    parameter count closest to ``params`` — to compare two cells at equal size."""
+    def size(c):
+        with torch.device("meta"):
+            return sum(p.numel() for p in NASNet(genotype, channels=c, **network).parameters())
+    lo, hi = 2, 2
+    while size(hi) < params:
+        lo, hi = hi, hi * 2
+    while hi - lo > 2:  # parameters grow with channels: bisect on even values
+        mid = (lo + hi) // 4 * 2
+        lo, hi = (mid, hi) if size(mid) < params else (lo, mid)
+    return min((lo, hi), key=lambda c: abs(size(c) - params))
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing a cell
+# --------------------------------------------------------------------------------------------
+
+def _bezier(p0, pc, p1, t: float):
+    """Point at parameter ``t`` of the quadratic Bézier curve p0 → p1 with control point pc."""
+    return tuple((1 - t) ** 2 * a + 2 * (1 - t) * t * c + t ** 2 * b for a, c, b in zip(p0, pc, p1))
+
+
+def draw_cell(genotype: Genotype, kind: str = "normal", ax=None, title: str | None = None):
+    """Draw one cell of ``genotype`` as a DAG: the two cell inputs on the left, the blocks on a
+    horizontal chain, operations as labelled arcs (blue: with weights, brown: parameter-free),
+    ``+``/``‖`` for the combiner, and dashed arcs into the concatenated output. Returns the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path
+
+    if kind not in ("normal", "reduce"):
+        raise ValueError(f"kind must be 'normal' or 'reduce', got {kind!r}")
+    blocks = getattr(genotype, kind)
+    step = 2.0
+    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    pos.update({b + 2: (step * (b + 1), 0.0) for b in range(len(blocks))})
+    out = (step * (len(blocks) + 1), 0.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.5 * len(blocks) + 2.6, 4))
+    box = dict(boxstyle="round,pad=0.35", ec="0.3")
+    colors = {"add": "#fde2c8", "concat": "#e3d7f0"}
+    for s, label in ((0, r"$h_{i-1}$"), (1, r"$h_i$")):
+        ax.text(*pos[s], label, ha="center", va="center", fontsize=10, zorder=3, bbox=dict(fc="#d9e8f5", **box))
+    for b, block in enumerate(blocks):
+        ax.text(*pos[b + 2], f"b{b}  " + ("+" if block.combine == "add" else "‖"), ha="center", va="center",
+                fontsize=10, zorder=3, bbox=dict(fc=colors[block.combine], **box))
+    ax.text(*out, "concat\n" + r"$h_{i+1}$", ha="center", va="center", fontsize=10, zorder=3,
+            bbox=dict(fc="#d5efd5", **box))
+
+    extent = [1.0]
+
+    def arc(src, dst, bulge, color, dashed=False):
+        p0, p1 = (src[0] + 0.3, src[1]), (dst[0] - 0.38, dst[1])
+        pc = ((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2 + 2 * bulge)
+        extent.append(abs(_bezier(p0, pc, p1, 0.5)[1]))
+        path = Path([p0, pc, p1], [Path.MOVETO, Path.CURVE3, Path.CURVE3])
+        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=9, color=color,
+                                     lw=0.9 if dashed else 1.1, ls="--" if dashed else "-", zorder=1))
+        return p0, pc, p1
+
+    for b, block in enumerate(blocks):
+        target = pos[b + 2]
+        # h[i-1] arrives from above, h[i] from below; a block input takes the side the other input
+        # leaves free (slot 0 above, slot 1 below when both are blocks)
+        fixed = {0: +1, 1: -1}
+        sides = [fixed.get(i, 0) for i in block.inputs]
+        for slot in (0, 1):
+            if not sides[slot]:
+                other = sides[1 - slot]
+                sides[slot] = -other if other else (+1 if slot == 0 else -1)
+        same_side = sides[0] == sides[1]
+        for slot, (i, op) in enumerate(zip(block.inputs, block.ops)):
+            src = pos[i]
+            span = (target[0] - src[0]) / step  # columns crossed
+            straight = i >= 2 and span <= 1 and not (same_side and slot == 1)
+            bulge = 0.0 if straight else sides[slot] * (0.25 + 0.22 * span) * (1.7 if same_side and slot else 1)
+            p0, pc, p1 = arc(src, target, bulge, "0.35")
+            x, y = _bezier(p0, pc, p1, 0.5 if straight else (0.55 if same_side and slot else 0.75))
+            if straight:  # an edge between neighbours: label beside the line
+                y += 0.22 * sides[slot]
+            ax.text(x, y, op.replace("_", " "), fontsize=7.5, ha="center", va="center", zorder=2,
+                    color="#7a3e00" if op in PARAMETER_FREE else "#1f4e79",
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.9))
+    for k, b in enumerate(reversed(unused_blocks(blocks))):
+        src = pos[b + 2]
+        span = (out[0] - src[0]) / step
+        arc(src, out, 0.0 if span <= 1 else (-1) ** k * (0.2 + 0.18 * span), "0.6", dashed=True)
+    ax.set_xlim(-0.7, out[0] + 0.8)
+    ax.set_ylim(-max(extent) - 0.35, max(extent) + 0.35)
+    ax.axis("off")
+    ax.set_title(title or f"{kind} cell", fontsize=11)
+    return ax
