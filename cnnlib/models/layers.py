@@ -49,3 +49,268 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Deformable convolution (Dai et al. 2017; v2: Zhu et al. 2019)
+# --------------------------------------------------------------------------------------------
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Side length of a convolution's output (floor rounding, as in PyTorch)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def deform_sampling_points(offset: Tensor, kernel_size, stride=1, padding=0, dilation=1) -> Tensor:
+    """Where a deformable convolution reads its input: ``p0 + p_n + Δp_n`` (Dai et al. 2017, Eq. 2).
+
+    ``offset`` has shape ``(B, 2·G·K, H_out, W_out)`` in torchvision's layout: for offset group ``g``
+    and kernel tap ``n`` (row-major over the ``kh×kw`` kernel) channel ``2(gK + n)`` holds Δy and
+    ``2(gK + n) + 1`` holds Δx. Returns ``(B, G, K, H_out, W_out, 2)`` absolute ``(y, x)`` positions in
+    input pixels, so that zero offsets give the regular (dilated) grid of an ordinary convolution.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
+    b, c, h_out, w_out = offset.shape
+    k = kh * kw
+    if c % (2 * k):
+        raise ValueError(f"offset has {c} channels; it needs 2·offset_groups·kh·kw (a multiple of {2 * k})")
+    groups = c // (2 * k)
+    dev, dt = offset.device, offset.dtype
+    # p0: top-left corner of each output unit's window; p_n: the tap's place inside the window
+    p0_y = (torch.arange(h_out, device=dev, dtype=dt) * sh - ph).view(1, 1, h_out, 1)
+    p0_x = (torch.arange(w_out, device=dev, dtype=dt) * sw - pw).view(1, 1, 1, w_out)
+    pn_y = (torch.arange(kh, device=dev, dtype=dt) * dh).view(kh, 1, 1, 1)
+    pn_x = (torch.arange(kw, device=dev, dtype=dt) * dw).view(1, kw, 1, 1)
+    grid_y = (p0_y + pn_y).expand(kh, kw, h_out, w_out).reshape(k, h_out, w_out)
+    grid_x = (p0_x + pn_x).expand(kh, kw, h_out, w_out).reshape(k, h_out, w_out)
+    regular = torch.stack([grid_y, grid_x], dim=-1)                         # (K, H_out, W_out, 2)
+    delta = offset.view(b, groups, k, 2, h_out, w_out).permute(0, 1, 2, 4, 5, 3)
+    return regular + delta
+
+
+def bilinear_sample(x: Tensor, points: Tensor) -> Tensor:
+    """Values of ``x`` (N, C, H, W) at fractional ``(y, x)`` positions ``points`` (N, ..., 2).
+
+    Bilinear interpolation between the four neighbouring pixels (Dai et al. 2017, Eq. 3–4), with
+    zeros outside the image. Returns ``(N, C, ...)``. Built on ``F.grid_sample``, which wants
+    coordinates normalized to [−1, 1]; with ``align_corners=False`` pixel ``i``'s centre sits at
+    ``(2i + 1)/size − 1``.
+    """
+    n, c, h, w = x.shape
+    shape = points.shape[1:-1]
+    y, xx = points.reshape(n, -1, 1, 2).unbind(-1)
+    grid = torch.stack([(2 * xx + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)  # grid_sample wants (x, y)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(n, c, *shape)
+
+
+def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                  padding=0, dilation=1, mask: Tensor | None = None) -> Tensor:
+    """Deformable convolution written to be read; same signature and layout as
+    ``torchvision.ops.deform_conv2d`` (and equal to it, see the tests).
+
+    Dai et al. (2017), Eq. 2, with the modulation Δm_n of DCNv2 (Zhu et al. 2019, Eq. 1)::
+
+        y(p0) = Σ_n w(p_n) · x(p0 + p_n + Δp_n) · Δm_n
+
+    Three steps: (1) sample every input channel bilinearly at the K shifted taps of each output
+    position ("deformable im2col"), (2) multiply by the mask, (3) contract the samples with the
+    kernel — an ordinary convolution on the gathered columns. The ``groups`` of the convolution
+    follow from ``weight`` (``C_in / weight.shape[1]``); the offset groups (input channels that
+    share one offset field) from ``offset`` (``offset.shape[1] / 2K``).
+    """
+    b, c, h, w = x.shape
+    c_out, c_per_group, kh, kw = weight.shape
+    k = kh * kw
+    (sh, sw), (ph, pw), (dh, dw) = map(_pair, (stride, padding, dilation))
+    h_out, w_out = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
+    if c % c_per_group or c_out % (c // c_per_group):
+        raise ValueError(f"weight {tuple(weight.shape)} does not split {c} input channels into groups "
+                         f"that also divide {c_out} output channels")
+    if offset.shape[0] != b or offset.shape[2:] != (h_out, w_out) or offset.shape[1] % (2 * k):
+        raise ValueError(f"offset must have shape ({b}, 2·offset_groups·{k}, {h_out}, {w_out}); "
+                         f"got {tuple(offset.shape)}")
+    offset_groups, groups = offset.shape[1] // (2 * k), c // c_per_group
+    if c % offset_groups:
+        raise ValueError(f"{offset_groups} offset groups do not divide {c} input channels")
+    if mask is not None and tuple(mask.shape) != (b, offset_groups * k, h_out, w_out):
+        raise ValueError(f"mask must have shape ({b}, {offset_groups * k}, {h_out}, {w_out}); "
+                         f"got {tuple(mask.shape)}")
+
+    points = deform_sampling_points(offset, (kh, kw), stride, padding, dilation)  # (B, G, K, Ho, Wo, 2)
+    # (1) deformable im2col: every channel of an offset group read at that group's K taps
+    columns = bilinear_sample(x.reshape(b * offset_groups, c // offset_groups, h, w),
+                              points.reshape(b * offset_groups, k, h_out, w_out, 2))
+    columns = columns.view(b, offset_groups, c // offset_groups, k, h_out, w_out)
+    # (2) DCNv2 modulation: one scalar per tap and position, shared by the group's channels
+    if mask is not None:
+        columns = columns * mask.view(b, offset_groups, 1, k, h_out, w_out)
+    # (3) the convolution proper: weighted sum over each group's input channels and the K taps
+    columns = columns.reshape(b, groups, c_per_group, k, h_out, w_out)
+    kernel = weight.reshape(groups, c_out // groups, c_per_group, k)
+    out = torch.einsum("bgckhw,gock->bgohw", columns, kernel).reshape(b, c_out, h_out, w_out)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+class DeformConv2d(nn.Module):
+    """A deformable convolution with its sibling offset convolution (Dai et al. 2017, Fig. 2).
+
+    The offset branch is an ordinary convolution with the same kernel, stride, padding and dilation
+    that predicts ``2·K`` offsets (and, with ``modulated=True``, ``K`` mask logits; DCNv2) for each of
+    the ``offset_groups``. It is zero-initialized, so training starts from a regular convolution
+    (with mask σ(0) = 0.5 in the modulated case, as in DCNv2). ``fast=True`` computes the same
+    function with ``torchvision.ops.deform_conv2d`` instead of the readable ``deform_conv2d``.
+    A model-wide initializer that visits every ``nn.Conv2d`` (such as ``init_weights``) also
+    re-initializes ``offset_conv``: call ``reset_parameters()`` after it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
+                 dilation=1, groups: int = 1, offset_groups: int = 1, bias: bool = True,
+                 modulated: bool = False, fast: bool = False):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        if in_channels % offset_groups:
+            raise ValueError(f"offset_groups={offset_groups} must divide in_channels={in_channels}")
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.groups, self.offset_groups = groups, offset_groups
+        self.modulated, self.fast = modulated, fast
+        k = self.kernel_size[0] * self.kernel_size[1]
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.offset_conv = nn.Conv2d(in_channels, (3 if modulated else 2) * offset_groups * k,
+                                     self.kernel_size, self.stride, self.padding, self.dilation)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The main kernel as ``nn.Conv2d`` initializes it; the offset branch at zero."""
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        if self.bias is not None:
+            bound = 1 / (self.weight[0].numel() ** 0.5)
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.offset_conv.weight)
+        nn.init.zeros_(self.offset_conv.bias)
+
+    def offsets(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The offset field Δp (B, 2·G·K, H_out, W_out) and the mask Δm ∈ (0, 1) (or None)."""
+        out = self.offset_conv(x)
+        if not self.modulated:
+            return out, None
+        n = 2 * self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
+        return out[:, :n], torch.sigmoid(out[:, n:])
+
+    def sampling_points(self, x: Tensor) -> Tensor:
+        """Absolute ``(y, x)`` input positions read for every output unit: (B, G, K, H_out, W_out, 2)."""
+        offset, _ = self.offsets(x)
+        return deform_sampling_points(offset, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        offset, mask = self.offsets(x)
+        if self.fast:
+            from torchvision.ops import deform_conv2d as op
+        else:
+            op = deform_conv2d
+        return op(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask=mask)
+
+    def extra_repr(self) -> str:
+        c_out, c_in_g = self.weight.shape[:2]
+        return (f"{c_in_g * self.groups}, {c_out}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"offset_groups={self.offset_groups}, bias={self.bias is not None}, "
+                f"modulated={self.modulated}, fast={self.fast}")
+
+
+# --------------------------------------------------------------------------------------------
+# Attention modules: Squeeze-and-Excitation (Hu et al. 2018), CBAM (Woo et al. 2018)
+# --------------------------------------------------------------------------------------------
+# Both take the number of channels as their first argument, so ``functools.partial(CBAM,
+# reduction=8)`` is an ``attention`` factory for the course's ResNets (channels -> module).
+
+def _bottleneck_mlp(channels: int, reduction: int) -> nn.Sequential:
+    """C → C/r → ReLU → C as 1×1 convolutions (fully connected layers on a (B, C, 1, 1) tensor)."""
+    if reduction < 1:
+        raise ValueError(f"reduction ratio r must be at least 1, got {reduction}")
+    hidden = max(1, channels // reduction)
+    return nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                         nn.Conv2d(hidden, channels, 1))
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-Excitation block (Hu et al. 2018, Sec. 3):
+
+        squeeze     z_c = 1/(H·W) Σ_ij u_c(i, j)            (global average pooling, Eq. 2)
+        excitation  s = σ(W_2 δ(W_1 z)),  W_1 ∈ R^{C/r×C}, W_2 ∈ R^{C×C/r}            (Eq. 3)
+        scale       x̃_c = s_c · u_c                                                   (Eq. 4)
+
+    Extra parameters: 2C²/r weights (the paper's Eq. 5 counts only these) plus C/r + C biases.
+    The hidden width is ``max(1, C // r)``. ``excitation`` outputs the channel weights s (B, C, 1, 1).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.squeeze = nn.AdaptiveAvgPool2d(1)
+        self.excitation = nn.Sequential(*_bottleneck_mlp(channels, reduction), nn.Sigmoid())
+
+    def forward(self, u: Tensor) -> Tensor:
+        return u * self.excitation(self.squeeze(u))
+
+
+class ChannelAttention(nn.Module):
+    """CBAM's channel attention map (Woo et al. 2018, Eq. 2), "what" to attend to:
+
+        M_c(F) = σ(MLP(AvgPool(F)) + MLP(MaxPool(F)))      — one MLP shared by both descriptors.
+
+    Returns the map (B, C, 1, 1); same parameters as an SE block of the same C and r.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.mlp = _bottleneck_mlp(channels, reduction)
+
+    def forward(self, f: Tensor) -> Tensor:
+        avg = f.mean(dim=(2, 3), keepdim=True)
+        peak = f.amax(dim=(2, 3), keepdim=True)
+        return torch.sigmoid(self.mlp(avg) + self.mlp(peak))
+
+
+class SpatialAttention(nn.Module):
+    """CBAM's spatial attention map (Woo et al. 2018, Eq. 3), "where" to attend:
+
+        M_s(F) = σ(f^{7×7}([AvgPool_c(F); MaxPool_c(F)]))  — pooling across channels, then one conv.
+
+    Returns the map (B, 1, H, W); 2·k² + 1 parameters (the official code uses BatchNorm instead of
+    the bias, which is the same function at inference).
+    """
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd to keep the map's size, got {kernel_size}")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, f: Tensor) -> Tensor:
+        pooled = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al. 2018, Eq. 1): channel, then spatial attention,
+
+        F' = M_c(F) ⊗ F,    F'' = M_s(F') ⊗ F'.
+
+    Extra parameters: those of SE (2C²/r + C/r + C) plus 2·k² + 1 for the spatial convolution.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction)
+        self.spatial = SpatialAttention(kernel_size)
+
+    def forward(self, f: Tensor) -> Tensor:
+        f = f * self.channel(f)
+        return f * self.spatial(f)
