@@ -1,0 +1,94 @@
+"""Interactive explorers for the lectures (ipywidgets). Thin by design: every number comes from
+a tested function in ``cnnlib``; a widget only wires controls to it with
+``ipywidgets.interactive_output`` and draws the result with matplotlib into an ``Output``.
+
+``LandscapeExplorer`` — the loss surface around trained networks (Lecture 09, Li et al. 2018):
+pick the model, the range and resolution of the grid, the normalization of the random
+directions and a 1D, 2D or 3D view. Surfaces come from ``landscape.random_surface`` with the
+disk cache on, so a setting the lecture already computed — or that you visited before — is
+drawn at once; a new one is computed (its cost is printed first).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import matplotlib.pyplot as plt
+import torch.nn as nn
+
+from . import landscape
+
+VIEWS = ("1D", "2D", "3D")
+
+
+class LandscapeExplorer:
+    """Loss-surface explorer: ``display(LandscapeExplorer(models, data))`` in a notebook.
+
+    ``models`` maps names to trained networks; ``data`` is the evaluation set (``(x, y)`` or an
+    ``ImageData`` — the training split, as in the paper). ``span``/``resolution``/``norm``/
+    ``view``/``log`` are the initial control values; ``seed`` fixes the random directions, so
+    every model is cut along directions drawn the same way.
+
+    ``controls`` holds the widgets by name, ``output`` the ``Output`` the figure is drawn into,
+    ``surface`` and ``figure`` the last result (handy to inspect, and what the tests check).
+    """
+
+    def __init__(self, models: Mapping[str, nn.Module], data, *, span: float = 1.0,
+                 resolution: int = 15, norm: str = "filter", view: str = "2D", log: bool = True,
+                 seed: int = 0, max_resolution: int = 41, **options):
+        import ipywidgets as w
+
+        if not models:
+            raise ValueError("the explorer needs at least one model")
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        if norm not in landscape.NORMS:
+            raise ValueError(f"norm must be one of {landscape.NORMS}, got {norm!r}")
+        self.models, self.data, self.seed = dict(models), data, seed
+        self.options = {"cache": True, "progress": False, **options}
+        self.surface, self.figure, self.draws = None, None, 0
+        style = {"description_width": "initial"}
+        self.controls = {
+            "model": w.Dropdown(options=list(self.models), description="model", style=style),
+            "span": w.FloatSlider(value=span, min=0.1, max=2.0, step=0.1, description="range ±",
+                                  continuous_update=False, style=style),
+            "resolution": w.IntSlider(value=resolution, min=5, max=max_resolution, step=2,
+                                      description="points per axis", continuous_update=False,
+                                      style=style),
+            "norm": w.Dropdown(options=list(landscape.NORMS), value=norm,
+                               description="normalization", style=style),
+            "view": w.ToggleButtons(options=list(VIEWS), value=view, description="view",
+                                    style=style),
+            "log": w.Checkbox(value=log, description="log scale"),
+        }
+        c = self.controls
+        self.output = w.interactive_output(self.draw, c)
+        self.widget = w.VBox([w.HBox([c["model"], c["norm"], c["log"]]),
+                              w.HBox([c["span"], c["resolution"]]), c["view"], self.output])
+
+    def compute(self, model: str, span: float, resolution: int, norm: str,
+                view: str) -> landscape.Surface:
+        """The surface for one setting of the controls (from the cache when it was seen)."""
+        return landscape.random_surface(self.models[model], self.data, span=span,
+                                        resolution=resolution, norm=norm,
+                                        dims=1 if view == "1D" else 2, seed=self.seed,
+                                        label=model, **self.options)
+
+    def draw(self, model: str, span: float, resolution: int, norm: str, view: str,
+             log: bool) -> None:
+        """Compute (or fetch) the surface and draw it; called on every change of a control."""
+        surf = self.compute(model, span, resolution, norm, view)
+        if self.figure is not None:
+            plt.close(self.figure)
+        kind = {"1D": "curve", "2D": "filled", "3D": "surface"}[view]
+        directions = "unnormalized" if norm == "none" else f"{norm}-normalized"
+        points = f"{resolution} points" if view == "1D" else f"{resolution}×{resolution} grid"
+        title = f"{model}\n{directions} directions, {points}"
+        ax = surf.plot(kind, log=log, title=title)
+        self.surface, self.figure = surf, ax.figure
+        self.draws += 1
+        plt.show()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

@@ -1,0 +1,115 @@
+"""The landscape explorer: its controls are wired to the tested functions (kernel side)."""
+import ipywidgets
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from cnnlib import landscape, models
+from cnnlib.widgets import LandscapeExplorer
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    torch.manual_seed(0)
+    nets = {"short": models.create("resnet_cifar", depth=8, width=4, in_channels=1).eval(),
+            "no-short": models.create("resnet_cifar", depth=8, width=4, in_channels=1,
+                                      plain=True).eval()}
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(24, 1, 8, 8, generator=g), torch.randint(0, 10, (24,), generator=g))
+    ex = LandscapeExplorer(nets, data, resolution=5)
+    yield ex
+    plt.close("all")
+
+
+def test_explorer_is_controls_above_an_output_and_draws_at_once(explorer):
+    assert isinstance(explorer.widget, ipywidgets.VBox)
+    assert isinstance(explorer.output, ipywidgets.Output)
+    assert explorer.widget.children[-1] is explorer.output
+    assert set(explorer.controls) == {"model", "span", "resolution", "norm", "view", "log"}
+    assert explorer.draws == 1 and explorer.surface.loss.shape == (5, 5)
+    assert explorer.figure is not None
+
+
+def test_changing_a_control_recomputes_and_redraws(explorer):
+    c = explorer.controls
+    before, figure = explorer.draws, explorer.figure
+    c["resolution"].value = 7
+    assert explorer.draws == before + 1 and explorer.figure is not figure
+    assert explorer.surface.loss.shape == (7, 7)
+    c["view"].value = "1D"
+    assert explorer.surface.ndim == 1 and len(explorer.surface.alphas) == 7
+    assert explorer.figure.axes[0].get_xlabel() == "α"
+    c["view"].value = "3D"
+    assert explorer.figure.axes[0].name == "3d"
+    c["span"].value = 0.5
+    assert explorer.surface.alphas.max() == pytest.approx(0.5)
+    c["model"].value = "no-short"
+    assert explorer.surface.meta["label"] == "no-short"
+    c["norm"].value = "none"
+    assert explorer.surface.meta["norm"] == "none"
+    assert explorer.draws == before + 6
+
+
+def test_explorer_shows_the_same_surface_as_the_library(explorer):
+    c = explorer.controls
+    c["model"].value, c["norm"].value, c["span"].value = "short", "filter", 1.0
+    c["view"].value, c["resolution"].value = "2D", 5
+    direct = landscape.random_surface(explorer.models["short"], explorer.data, span=1.0,
+                                      resolution=5, norm="filter", seed=explorer.seed)
+    np.testing.assert_allclose(explorer.surface.loss, direct.loss, rtol=1e-6)
+
+
+def test_revisiting_a_setting_reads_the_cache(explorer, monkeypatch):
+    c = explorer.controls
+    c["resolution"].value = 9
+    first = explorer.surface
+    c["resolution"].value = 5
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed a surface that was in the cache")
+
+    monkeypatch.setattr(landscape, "evaluate_points", fail)
+    c["resolution"].value = 9
+    np.testing.assert_array_equal(explorer.surface.loss, first.loss)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="view"):
+        LandscapeExplorer({"m": torch.nn.Linear(2, 2)}, (torch.zeros(2, 2), torch.zeros(2).long()),
+                          view="4D")
+    with pytest.raises(ValueError, match="at least one model"):
+        LandscapeExplorer({}, None)
+
+
+def test_in_a_real_kernel_a_control_change_replaces_the_image_in_the_output():
+    """Run the explorer in an IPython kernel (as JupyterLab does) and check what its Output
+    widget holds before and after a control changes: one PNG each time, a different one."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    setup = (
+        "import torch\n%matplotlib inline\n"
+        "from cnnlib import models\nfrom cnnlib.widgets import LandscapeExplorer\n"
+        "torch.manual_seed(0)\n"
+        "nets = {'r8': models.create('resnet_cifar', depth=8, width=4, in_channels=1).eval()}\n"
+        "data = (torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))\n"
+        "ex = LandscapeExplorer(nets, data, resolution=5)\nex")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup),
+                                         nbformat.v4.new_code_cell("ex.controls['resolution'].value = 7")])
+    client = NotebookClient(nb, kernel_name="python3", timeout=120, store_widget_state=True)
+
+    def images():
+        client.set_widgets_metadata()
+        state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+        outputs = [m["state"].get("outputs", []) for m in state.values()
+                   if m["model_name"] == "OutputModel"]
+        assert len(outputs) == 1
+        return [o["data"]["image/png"] for o in outputs[0] if "image/png" in o.get("data", {})]
+
+    with client.setup_kernel():
+        client.execute_cell(nb.cells[0], 0)
+        first = images()
+        client.execute_cell(nb.cells[1], 1)
+        second = images()
+    assert len(first) == len(second) == 1 and first != second
