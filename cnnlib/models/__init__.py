@@ -34,3 +34,7 @@ def create(name: str, **kwargs) -> nn.Module:
 
 
 from . import classic  # noqa: E402,F401  (registers its models)
+from . import resnet  # noqa: E402,F401
+from . import densenet  # noqa: E402,F401
+from . import nasnet  # noqa: E402,F401
+from . import efficientnet  # noqa: E402,F401
