@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab test test-fast exercises grade notebooks bench clean
+.PHONY: setup lab test test-fast test-browser exercises grade notebooks bench clean
 
 # A virtual environment with cnnlib (editable) and everything the lectures and tests need.
 $(STAMP): pyproject.toml
@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Start JupyterLab with the file browser on lectures/.
+# Start JupyterLab with the file browser on lectures/ (cnnlib/course/lab.py: the course's
+# JupyterLab defaults, and --allow-root where Jupyter needs it).
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/lectures
+	$(BIN)/cnn-course lab
 
 # Every test: unit tests, course-structure tests, and every lecture and solution notebook
 # executed top to bottom in the quick profile (nbval).
@@ -27,6 +28,11 @@ test: $(STAMP)
 # Unit and structure tests only (no notebook execution).
 test-fast: $(STAMP)
 	CNNLIB_PROFILE=quick $(BIN)/python -m pytest tests
+
+# JupyterLab driven in headless Chromium (also part of `make test`); needs Debian's chromium,
+# which the tests install with apt-get when run as root.
+test-browser: $(STAMP)
+	CNNLIB_PROFILE=quick $(BIN)/python -m pytest -m browser tests/test_browser.py
 
 exercises: $(STAMP)
 	$(BIN)/cnn-course exercises

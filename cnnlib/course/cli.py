@@ -1,5 +1,6 @@
 """``cnn-course``: the instructor's command line.
 
+    cnn-course lab [JUPYTER_ARGS...]         start JupyterLab on lectures/ with the course's settings
     cnn-course clean [PATH...] [--run]       strip outputs (run first with --run to refresh checked ones)
     cnn-course exercises                     write exercises/ from solutions/
     cnn-course grade SUBMISSION... [--out grades.csv]
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import exercises, grade, notebooks
+from . import exercises, grade, lab, notebooks
 
 NOTEBOOK_FOLDERS = ("lectures", "solutions", "exercises")
 
@@ -25,6 +26,10 @@ def _course_root() -> Path:
     if (repo / "lectures").is_dir():
         return repo
     raise SystemExit("cnn-course: run this inside the course folder (the one with lectures/)")
+
+
+def _lab(args) -> int:
+    lab.main(_course_root(), args.jupyter_args)
 
 
 def _clean(args) -> int:
@@ -74,6 +79,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cnn-course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("lab", help="start JupyterLab on lectures/ (installs the course's JupyterLab "
+                                   "defaults first; see cnnlib/course/lab.py)")
+    p.set_defaults(func=_lab)  # any further arguments go to `jupyter lab`, e.g. --port=8889
+
     p = sub.add_parser("clean", help="strip outputs and execution counts from notebooks")
     p.add_argument("paths", nargs="*", type=Path, help="notebooks or folders (default: all)")
     p.add_argument("--run", action="store_true",
@@ -98,7 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=grade.TOTAL_TIMEOUT,
                    help=f"seconds per submission, all cells together (default: {grade.TOTAL_TIMEOUT})")
     p.set_defaults(func=_grade)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.func is not _lab:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.jupyter_args = extra
     return args.func(args)
 
 
