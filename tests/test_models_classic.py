@@ -85,6 +85,35 @@ def test_lrn_matches_torch_with_alpha_times_n():
     torch.testing.assert_close(ours[:, i], expected)
 
 
+@pytest.mark.parametrize("n", [5, 4])
+def test_lrn_gradient_is_exact(n):
+    """The closed-form backward equals autograd of the formula (odd and even windows)."""
+    a = (torch.randn(2, 9, 3, 3, dtype=torch.double) * 10).requires_grad_()
+    lrn = LocalResponseNorm(n=n, alpha=1e-2)
+    assert torch.autograd.gradcheck(lrn, (a,))
+    half = n // 2
+    padded = nn.functional.pad(a * a, (0, 0, 0, 0, half, n - 1 - half))
+    formula = a / (2.0 + 1e-2 * padded.unfold(1, n, 1).sum(-1)) ** 0.75
+    g = torch.randn_like(a)
+    torch.testing.assert_close(torch.autograd.grad(lrn(a), a, g)[0], torch.autograd.grad(formula, a, g)[0])
+
+
+def test_lrn_works_under_torch_func():
+    from torch.func import functional_call, grad, vmap
+
+    net = nn.Sequential(nn.Conv2d(1, 6, 3), LocalResponseNorm(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
+    params = dict(net.named_parameters())
+
+    def loss(p, xb, yb):
+        return nn.functional.cross_entropy(functional_call(net, p, (xb,)), yb)
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x.unsqueeze(1), y.unsqueeze(1))
+    net.zero_grad()
+    loss(params, x[:1], y[:1]).backward()
+    torch.testing.assert_close(per_sample["0.weight"][0], net[0].weight.grad)
+
+
 def test_bad_names_and_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="known models: .*vgg16"):
         models.create("vgg17")
