@@ -8,12 +8,14 @@ transforms (Resize, RandomCrop with padding, ToTensor, Normalize), a ``DataLoade
 weights only) and the same warm-up + cosine schedule, so the difference is the data pipeline and
 loop overhead, not the recipe.
 
-    python bench/train.py                 # both loops, all four networks
+    python bench/train.py                 # both loops, all four networks, 3 seeds each
+    python bench/train.py --seeds 1       # one seed (about 40 s)
     python bench/train.py --workers 2     # give the DataLoader worker processes
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -79,8 +81,8 @@ def textbook_fit(model, train_loader, test_loader, device):
     return acc
 
 
-def build(spec, data):
-    torch.manual_seed(SEED)
+def build(spec, data, seed):
+    torch.manual_seed(seed)
     spec = dict(spec)
     return models.create(spec.pop("name"), num_classes=data.num_classes, in_channels=1, **spec)
 
@@ -89,6 +91,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds per network (accuracies on 360 test images scatter by several "
+                             "points between seeds, so equal accuracy is judged on the mean)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,41 +102,51 @@ def main():
     raw = cnnlib.load("digits")
     data = raw.resize(SIZE).to(P.device)
     mean, std = raw.mean[0], raw.std[0]
-    g = torch.Generator().manual_seed(SEED)
-    train_loader = DataLoader(DigitImages(raw.x_train, raw.y_train, mean, std, train=True),
-                              batch_size=BATCH, shuffle=True, drop_last=True, generator=g,
-                              num_workers=args.workers)
+    train_set = DigitImages(raw.x_train, raw.y_train, mean, std, train=True)
     test_loader = DataLoader(DigitImages(raw.x_test, raw.y_test, mean, std, train=False),
                              batch_size=1024, num_workers=args.workers)
 
-    rows, t_base, t_ours, accs = [], 0.0, 0.0, []
+    seeds = range(SEED, SEED + args.seeds)
+    rows, t_base, t_ours, accs = [], 0.0, 0.0, {"textbook": [], "cnnlib": []}
     for label, spec in NETWORKS.items():
-        net = build(spec, data)
-        start = time.perf_counter()
-        acc_base = textbook_fit(net, train_loader, test_loader, P.device)
-        base = time.perf_counter() - start
+        base = ours = 0.0
+        acc_base, acc_ours = [], []
+        for seed in seeds:  # the two loops alternate, so machine noise hits both alike
+            train_loader = DataLoader(train_set, batch_size=BATCH, shuffle=True, drop_last=True,
+                                      generator=torch.Generator().manual_seed(seed),
+                                      num_workers=args.workers)
+            net = build(spec, data, seed)
+            start = time.perf_counter()
+            acc_base.append(textbook_fit(net, train_loader, test_loader, P.device))
+            base += time.perf_counter() - start
 
-        net = build(spec, data)
-        start = time.perf_counter()
-        acc_ours = cnnlib.fit(net, data, epochs=EPOCHS, lr=LR, batch_size=BATCH, seed=SEED,
-                              progress=False, cache=False).final["test_acc"]
-        ours = time.perf_counter() - start
+            net = build(spec, data, seed)
+            start = time.perf_counter()
+            acc_ours.append(cnnlib.fit(net, data, epochs=EPOCHS, lr=LR, batch_size=BATCH, seed=seed,
+                                       progress=False, cache=False).final["test_acc"])
+            ours += time.perf_counter() - start
         t_base, t_ours = t_base + base, t_ours + ours
-        accs.append((acc_base, acc_ours))
-        rows.append((label, f"{base:.1f}", f"{ours:.1f}", f"{base / ours:.2f}×",
-                     f"{acc_base:.1%}", f"{acc_ours:.1%}"))
+        accs["textbook"] += acc_base
+        accs["cnnlib"] += acc_ours
+        a, b = statistics.mean(acc_base), statistics.mean(acc_ours)
+        rows.append((label, f"{base:.1f}", f"{ours:.1f}", f"{base / ours:.2f}×", f"{a:.1%}", f"{b:.1%}"))
         print(f"{label:14s} textbook {base:6.1f} s  cnnlib {ours:6.1f} s  ratio {base / ours:4.2f}×  "
-              f"test acc {acc_base:.1%} vs {acc_ours:.1%}", flush=True)
+              f"mean test acc {a:.1%} vs {b:.1%}", flush=True)
 
     print()
     print(cnnlib.report.Table(["network", "textbook loop (s)", "cnnlib.fit (s)", "speed-up",
-                               "textbook test acc", "cnnlib test acc"], rows))
+                               "textbook test acc", "cnnlib test acc"], rows,
+                              title=f"{len(seeds)} seed(s) per network; times summed, accuracies averaged"))
     print(f"\ntotal: textbook {t_base:.1f} s, cnnlib {t_ours:.1f} s → cnnlib.fit is "
           f"{t_base / t_ours:.2f}× faster (DataLoader workers: {args.workers}, "
           f"torch threads: {torch.get_num_threads()})")
-    mean_base, mean_ours = (sum(a) / len(accs) for a in zip(*accs))
-    print(f"mean test accuracy over the four networks: textbook {mean_base:.1%}, cnnlib {mean_ours:.1%} "
-          f"(one network's accuracy on 360 test images varies by ±1.5 points with the augmentation draw)")
+    for name, values in accs.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{name:>8s}: mean test accuracy {statistics.mean(values):.1%} over {len(values)} runs "
+              f"(standard deviation of one run {spread:.1%}; of the mean "
+              f"{spread / len(values) ** 0.5:.1%})")
+    gap = statistics.mean(accs["cnnlib"]) - statistics.mean(accs["textbook"])
+    print(f"accuracy difference cnnlib − textbook: {100 * gap:+.1f} points")
 
 
 if __name__ == "__main__":
