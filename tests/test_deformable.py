@@ -103,7 +103,7 @@ def test_bilinear_sample_interpolates_and_is_zero_outside():
     torch.testing.assert_close(got, expected)
 
 
-def test_module_starts_as_a_regular_convolution_and_fast_flag_is_the_same_function():
+def test_module_starts_as_a_regular_convolution_and_both_ops_are_the_same_function():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 9, 9)
     for kw in (dict(), dict(stride=2, dilation=2, groups=2, offset_groups=2)):
@@ -115,7 +115,7 @@ def test_module_starts_as_a_regular_convolution_and_fast_flag_is_the_same_functi
     # train the offsets a little so they are not zero, then compare both code paths
     m = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True)
     nn.init.normal_(m.offset_conv.weight, std=0.3)
-    fast = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True, fast=True)
+    fast = DeformConv2d(4, 6, 3, padding=1, offset_groups=2, modulated=True, op="torchvision")
     fast.load_state_dict(m.state_dict())
     torch.testing.assert_close(m(x), fast(x), atol=1e-4, rtol=1e-4)
     m(x).square().sum().backward()
@@ -144,6 +144,8 @@ def test_invalid_configurations_are_clear_errors():
         DeformConv2d(4, 6, 3, groups=3)
     with pytest.raises(ValueError, match="offset_groups=3 must divide"):
         DeformConv2d(4, 6, 3, offset_groups=3)
+    with pytest.raises(ValueError, match="choose one of \\('readable', 'torchvision'\\)"):
+        DeformConv2d(4, 6, 3, op="fast")
     x, w = torch.randn(1, 4, 6, 6), torch.randn(2, 4, 3, 3)
     with pytest.raises(ValueError, match="offset must have shape"):
         deform_conv2d(x, torch.zeros(1, 18, 6, 6), w)        # no padding: the output is 4×4

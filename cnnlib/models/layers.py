@@ -197,31 +197,38 @@ def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
+DEFORM_OPS = ("readable", "torchvision")
+
+
 class DeformConv2d(nn.Module):
     """A deformable convolution with its sibling offset convolution (Dai et al. 2017, Fig. 2).
 
     The offset branch is an ordinary convolution with the same kernel, stride, padding and dilation
     that predicts ``2·K`` offsets (and, with ``modulated=True``, ``K`` mask logits; DCNv2) for each of
     the ``offset_groups``. It is zero-initialized, so training starts from a regular convolution
-    (with mask σ(0) = 0.5 in the modulated case, as in DCNv2). ``fast=True`` computes the same
-    function with ``torchvision.ops.deform_conv2d`` instead of the readable ``deform_conv2d``.
+    (with mask σ(0) = 0.5 in the modulated case, as in DCNv2). ``op`` picks the implementation of
+    the same function: ``"readable"`` (``deform_conv2d`` above) or ``"torchvision"``
+    (``torchvision.ops.deform_conv2d``, a fused kernel: the one to use on a GPU; on a CPU the
+    readable one is several times faster, see ``bench/deform.py``).
     A model-wide initializer that visits every ``nn.Conv2d`` (such as ``init_weights``) also
     re-initializes ``offset_conv``: call ``reset_parameters()`` after it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  dilation=1, groups: int = 1, offset_groups: int = 1, bias: bool = True,
-                 modulated: bool = False, fast: bool = False):
+                 modulated: bool = False, op: str = "readable"):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         if in_channels % offset_groups:
             raise ValueError(f"offset_groups={offset_groups} must divide in_channels={in_channels}")
+        if op not in DEFORM_OPS:
+            raise ValueError(f"op={op!r} is not an implementation; choose one of {DEFORM_OPS}")
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.groups, self.offset_groups = groups, offset_groups
-        self.modulated, self.fast = modulated, fast
+        self.modulated, self.op = modulated, op
         k = self.kernel_size[0] * self.kernel_size[1]
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -253,18 +260,18 @@ class DeformConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         offset, mask = self.offsets(x)
-        if self.fast:
-            from torchvision.ops import deform_conv2d as op
+        if self.op == "torchvision":
+            from torchvision.ops import deform_conv2d as conv
         else:
-            op = deform_conv2d
-        return op(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask=mask)
+            conv = deform_conv2d
+        return conv(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask=mask)
 
     def extra_repr(self) -> str:
         c_out, c_in_g = self.weight.shape[:2]
         return (f"{c_in_g * self.groups}, {c_out}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
                 f"offset_groups={self.offset_groups}, bias={self.bias is not None}, "
-                f"modulated={self.modulated}, fast={self.fast}")
+                f"modulated={self.modulated}, op={self.op!r}")
 
 
 # --------------------------------------------------------------------------------------------
