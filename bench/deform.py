@@ -63,7 +63,7 @@ def main() -> None:
     print(f"  pure PyTorch (grid_sample + einsum): {1e3 * readable:8.1f} ms")
     print(f"  torchvision.ops.deform_conv2d:       {1e3 * fused:8.1f} ms")
     print(f"  ratio pure PyTorch / torchvision:    {readable / fused:8.2f}×  "
-          f"({'readable' if readable < fused else 'torchvision'}'s op is "
+          f"(the {'readable' if readable < fused else 'torchvision'} op is "
           f"{max(readable, fused) / min(readable, fused):.1f}× faster here)")
 
 
