@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .models import eval_mode
+
 
 def capture(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) -> dict[str, Tensor]:
     """Run ``model(x)`` in eval mode without gradients and return the outputs of ``modules``
@@ -28,13 +30,10 @@ def capture(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) -> dict[
     outputs: dict[str, Tensor] = {}
     handles = [m.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach()))
                for name, m in modules.items()]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return outputs
@@ -62,10 +61,8 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: Tensor, target=None,
     """
     stored: list[Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: stored.append(out))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             logits = model(x)
             if not stored:
                 raise ValueError("the chosen layer did not run in model(x); pick a module of the model")
@@ -77,7 +74,6 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: Tensor, target=None,
             (grads,) = torch.autograd.grad(score, activations)
     finally:
         handle.remove()
-        model.train(was_training)
     alpha = grads.mean(dim=(2, 3), keepdim=True)                        # Eq. 1: pooled gradients
     maps = F.relu((alpha * activations).sum(1)).detach()                # Eq. 2
     return (maps if size is None else normalize_map(maps, size)), target

@@ -63,6 +63,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .models import eval_mode
+
 Point = dict  # name -> Tensor: a position (or a direction) in weight space
 
 NORMS = ("filter", "layer", "none")
@@ -536,13 +538,10 @@ def _forward_profile(net: nn.Module, xb: Tensor) -> tuple[int, int]:
             flops[0] += 2 * out.numel() * module.in_features
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
-    was_training = net.training
-    net.eval()  # in training mode BatchNorm would update the model's running statistics
-    try:
-        with torch.inference_mode():
+    try:  # eval mode: in training mode BatchNorm would update the model's running statistics
+        with eval_mode(net), torch.inference_mode():
             net(xb)
     finally:
-        net.train(was_training)
         for h in handles:
             h.remove()
     return flops[0], max(sizes, default=xb.numel() * xb.element_size())

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .models import eval_mode
 from .models.resnet import PreActBlock, ZeroPadShortcut
 
 # --------------------------------------------------------------------------------------------
@@ -280,12 +281,8 @@ def path_gradient(net: nn.Module, x: Tensor, y: Tensor, path: Sequence[int]) -> 
     residual branches of the blocks in ``path`` and the shortcuts of all others (the post-
     addition ReLU masks apply on every path). Summed over all 2ⁿ paths it is the whole
     gradient — the unrolled view is exact. The network is used in eval mode."""
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         return _Unrolled(net, x, y).gradient(set(path))
-    finally:
-        net.train(was_training)
 
 
 @dataclass
@@ -329,18 +326,14 @@ def path_gradients(net: nn.Module, x: Tensor, y: Tensor, samples: int = 20,
     lengths = list(range(n + 1)) if lengths is None else list(lengths)
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
-    was_training = net.training
-    net.eval()
     norms = {k: [] for k in lengths}
-    try:
+    with eval_mode(net):
         for _ in range(samples):
             idx = torch.randperm(len(x), generator=g)[:batch_size].to(x.device)
             unrolled = _Unrolled(net, x[idx], y[idx])
             for k in lengths:
                 path = set(rng.sample(range(n), k))
                 norms[k].append(unrolled.gradient(path).norm().item())
-    finally:
-        net.train(was_training)
     mean = np.array([np.mean(norms[k]) for k in lengths])
     dist = path_length_distribution(n)[lengths]
     total = mean * dist

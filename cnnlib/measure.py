@@ -18,6 +18,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import eval_mode
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (BatchNorm running statistics are buffers, not parameters)."""
@@ -34,14 +36,9 @@ def _example(model: nn.Module, input_size) -> Tensor:
 @torch.no_grad()
 def flops(model: nn.Module, input_size=(1, 3, 224, 224)) -> int:
     """FLOPs of one forward pass (2 per multiply-add; convolutions and matrix products only)."""
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            model(_example(model, input_size))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), counter:
+        model(_example(model, input_size))
     return counter.get_total_flops()
 
 
@@ -53,14 +50,9 @@ def macs(model: nn.Module, input_size=(1, 3, 224, 224)) -> int:
 @torch.no_grad()
 def flops_by_module(model: nn.Module, input_size=(1, 3, 224, 224)) -> dict[str, int]:
     """FLOPs of each direct child module of ``model`` (in forward order), for tables."""
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False, depth=None)
-    try:
-        with counter:
-            model(_example(model, input_size))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), counter:
+        model(_example(model, input_size))
     counts = counter.get_flop_counts()
     root = type(model).__name__
     out = {}
@@ -72,11 +64,9 @@ def flops_by_module(model: nn.Module, input_size=(1, 3, 224, 224)) -> dict[str, 
 @torch.no_grad()
 def forward_time(model: nn.Module, input_size, repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time of one forward pass in seconds (eval mode, no autograd)."""
-    was_training = model.training
-    model.eval()
     x = _example(model, input_size)
     times = []
-    try:
+    with eval_mode(model):
         for i in range(warmup + repeats):
             if x.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -86,8 +76,6 @@ def forward_time(model: nn.Module, input_size, repeats: int = 10, warmup: int = 
                 torch.cuda.synchronize()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
     return sorted(times)[len(times) // 2]
 
 

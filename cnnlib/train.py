@@ -27,6 +27,7 @@ from torch import Tensor
 from . import cache as _cache
 from . import profile as _profile
 from .data import ImageData, augment, batches
+from .models import eval_mode
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "time")
 
@@ -117,17 +118,13 @@ def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024
     x, y = _split(data, split)
     device = x.device
     amp = device.type == "cuda" if amp is None else amp
-    was_training = model.training
-    model.eval()
     total_loss, correct = 0.0, 0
-    try:
+    with eval_mode(model):
         for xb, yb in batches(x, y, batch_size):
             with _autocast(device, amp):
                 out = model(xb)
             total_loss += F.cross_entropy(out.float(), yb, reduction="sum").item()
             correct += (out.argmax(1) == yb).sum().item()
-    finally:
-        model.train(was_training)
     return {"loss": total_loss / len(x), "acc": correct / len(x)}
 
 

@@ -124,3 +124,15 @@ def test_bad_names_and_configurations_raise_clear_errors():
     with pytest.raises(ValueError, match="VGG depth"):
         from cnnlib.models.classic import VGG
         VGG(depth=12)
+
+
+def test_eval_mode_restores_the_mode_even_after_an_error():
+    from cnnlib.models import eval_mode
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout())
+    for training in (True, False):
+        net.train(training)
+        with pytest.raises(RuntimeError), eval_mode(net):
+            assert not net.training and not net[1].training
+            raise RuntimeError("inside")
+        assert net.training == training and net[1].training == training

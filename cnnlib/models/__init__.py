@@ -8,7 +8,8 @@ Every constructor takes ``num_classes`` and ``in_channels`` first, then family-s
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch.nn as nn
 
@@ -31,6 +32,18 @@ def create(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(available())}")
     return _REGISTRY[name](**kwargs)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(net): ...`` runs ``net`` in eval mode (BatchNorm on its running statistics,
+    no dropout) and restores its train/eval mode afterwards, whatever happens inside."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 from . import classic  # noqa: E402,F401  (registers its models)
