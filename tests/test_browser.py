@@ -73,8 +73,8 @@ def _ensure_chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture(scope="module")  # closed with the module: Playwright's sync API keeps an
+def browser():                   # event loop running, and later tests call asyncio.run()
     chromium = _ensure_chromium()
     try:
         from playwright.sync_api import sync_playwright
