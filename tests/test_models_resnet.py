@@ -1,5 +1,7 @@
 """ResNet family: parameter counts against the papers and torchvision, the block contract used by
 lesion/weight-matching code, shortcuts, stochastic depth, and clear errors for invalid configs."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn as nn
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 from cnnlib import count_params, models
+from cnnlib.models.layers import SqueezeExcitation
 from cnnlib.models.resnet import (BasicBlock, Bottleneck, CifarResNet, ImageNetResNet, PreActBlock,
                                   ZeroPadShortcut, survival_probs)
 
@@ -123,6 +126,25 @@ def test_attention_is_applied_to_the_residual_branch_before_the_addition():
     assert torch.equal(net.blocks[0](h), h)  # gate closed -> identity
 
 
+@pytest.mark.parametrize("name, kwargs", [("preact_resnet_cifar", dict(depth=8, width=8)),
+                                          ("wide_resnet_cifar", dict(depth=10, widen=2, width=8))])
+def test_pre_activation_and_wide_resnets_take_attention_on_the_residual_branch(name, kwargs):
+    plain = models.create(name, in_channels=1, **kwargs)
+    se = models.create(name, in_channels=1, attention=partial(SqueezeExcitation, reduction=4), **kwargs)
+    assert all(isinstance(b.residual[-1], SqueezeExcitation) for b in se.blocks)
+    # SE's overhead per block (Hu et al. 2018, Eq. 5 plus biases): 2·C·(C/r) + C/r + C, C = block output
+    overhead = sum(2 * c * (c // 4) + c // 4 + c for c in (b.residual[-2].out_channels for b in se.blocks))
+    assert count_params(se) == count_params(plain) + overhead
+    assert se(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_attention_must_be_a_factory_not_a_module_instance():
+    for name, kwargs in [("resnet20", {}), ("wide_resnet_cifar", dict(depth=10, widen=2)),
+                         ("resnext_cifar", dict(depth=11, cardinality=4, base_width=4, width=8))]:
+        with pytest.raises(TypeError, match="factory channels -> module.*got a SqueezeExcitation instance"):
+            models.create(name, attention=SqueezeExcitation(16), **kwargs)
+
+
 def test_deleting_a_block_keeps_the_network_runnable():
     net = models.create("resnet20").eval()
     x = torch.randn(2, 3, 32, 32)
@@ -216,10 +238,18 @@ def test_stochastic_depth_drops_whole_branches_in_training_and_scales_them_at_te
     ("resnet_cifar", dict(depth=21), "6n\\+2"),
     ("resnet_cifar", dict(depth=2), "6n\\+2"),
     ("resnet_cifar", dict(shortcut="C"), "'A'.*'B'"),
+    ("resnet_cifar", dict(shortcut=False), "got False; for the plain net without shortcuts use plain=True"),
+    ("resnet_cifar", dict(width=0), "width .*integer ≥ 1, got 0"),
+    ("resnet_cifar", dict(depth=20.0), "6n\\+2.*got 20.0"),
     ("resnet_cifar", dict(plain=True, survival_prob=0.5), "shortcuts"),
     ("resnet_cifar", dict(survival_prob=0.0), "\\(0, 1\\]"),
     ("wide_resnet_cifar", dict(depth=26), "6n\\+4"),
-    ("wide_resnet_cifar", dict(widen=0), "widening"),
+    ("wide_resnet_cifar", dict(widen=0), "widening factor k must be an integer ≥ 1, got 0"),
+    ("wide_resnet_cifar", dict(widen=2.5), "widening factor k must be an integer ≥ 1, got 2.5"),
+    ("wide_resnet_cifar", dict(width=0), "width .*integer ≥ 1"),
+    ("preact_resnet_cifar", dict(width=-16), "width .*integer ≥ 1"),
+    ("resnext_cifar", dict(cardinality=0), "cardinality C must be an integer ≥ 1, got 0"),
+    ("resnext_cifar", dict(base_width=0), "bottleneck width d .*integer ≥ 1"),
     ("preact_resnet_cifar", dict(depth=28), "6n\\+2"),
     ("resnext_cifar", dict(depth=30), "9n\\+2"),
 ])
@@ -231,6 +261,8 @@ def test_invalid_configurations_name_the_rule(name, kwargs, rule):
 def test_other_invalid_blocks_and_depths():
     with pytest.raises(ValueError, match="cardinality.*must divide"):
         Bottleneck(16, 10, 32, groups=4)
+    with pytest.raises(ValueError, match="cardinality C \\(groups\\) must be an integer ≥ 1, got 0"):
+        Bottleneck(16, 8, 32, groups=0)
     with pytest.raises(ValueError, match="one of"):
         ImageNetResNet(depth=60)
     with pytest.raises(ValueError, match="bottleneck"):
@@ -240,3 +272,16 @@ def test_other_invalid_blocks_and_depths():
 def test_option_a_cannot_shrink_channels():
     with pytest.raises(ValueError, match="cannot reduce"):
         ZeroPadShortcut(32, 16, 1)
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("resnet20", dict(depth=56), "resnet20 is a preset with depth=20; to choose depth yourself use resnet_cifar"),
+    ("plain56", dict(plain=False), "plain56 is a preset with plain=True; .* use resnet_cifar"),
+    ("resnet50", dict(depth=50), "resnet50 is a preset with depth=50; .* use cnnlib.models.resnet.ImageNetResNet"),
+    ("resnext50_32x4d", dict(groups=8, width_per_group=4),
+     "groups=32, width_per_group=4; to choose groups and width_per_group yourself"),
+])
+def test_presets_reject_the_options_they_fix(name, kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        models.create(name, **kwargs)
+    assert meta_params(name, num_classes=7) > 0  # the options a preset leaves open still work

@@ -24,6 +24,7 @@ parameter counts equal the paper's 0.27M/0.46M/0.66M/0.85M/1.7M for depth 20/32/
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -35,6 +36,27 @@ from . import register
 from .layers import init_weights
 
 Attention = Callable[[int], nn.Module]  # channels -> module applied to the residual branch
+
+
+def attention_module(attention: Attention | None, channels: int) -> list[nn.Module]:
+    """``[attention(channels)]``, or ``[]`` without attention. ``attention`` is a *factory*
+    (channels -> module, e.g. ``SqueezeExcitation`` or ``functools.partial(SqueezeExcitation,
+    reduction=8)``): every block gets its own module, sized for its own width."""
+    if attention is None:
+        return []
+    if isinstance(attention, nn.Module) or not callable(attention):
+        raise TypeError(f"attention must be a factory channels -> module (e.g. SqueezeExcitation or "
+                        f"functools.partial(SqueezeExcitation, reduction=8)), got a "
+                        f"{type(attention).__name__} instance: every block builds its own module for "
+                        f"its own number of channels")
+    return [attention(channels)]
+
+
+def positive_int(value, what: str) -> int:
+    """``value`` if it is an integer ≥ 1, else a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be an integer ≥ 1, got {value!r}")
+    return int(value)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -114,9 +136,7 @@ class BasicBlock(nn.Module):
             raise ValueError("stochastic depth drops residual branches; a plain block (no shortcut) "
                              "has nothing to fall back on")
         layers = [conv3x3(cin, cout, stride), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                  conv3x3(cout, cout), nn.BatchNorm2d(cout)]
-        if attention is not None:
-            layers.append(attention(cout))
+                  conv3x3(cout, cout), nn.BatchNorm2d(cout), *attention_module(attention, cout)]
         self.residual = nn.Sequential(*layers)
         self.shortcut = None if shortcut is None else make_shortcut(shortcut, cin, cout, stride)
         self.downsample = stride != 1 or cin != cout
@@ -140,22 +160,23 @@ class BasicBlock(nn.Module):
 
 class PreActBlock(nn.Module):
     """Pre-activation basic block (He et al. 2016b, Fig. 1b and Eq. 3): ``y = x + F(x)`` with
-    ``F = BN -> ReLU -> conv3×3 -> BN -> ReLU [-> dropout] -> conv3×3``; nothing follows the
-    addition, so the shortcut path is a clean identity from block to block.
+    ``F = BN -> ReLU -> conv3×3 -> BN -> ReLU [-> dropout] -> conv3×3 [-> attention]``; nothing
+    follows the addition, so the shortcut path is a clean identity from block to block.
 
     With ``dropout`` between the convolutions it is the Wide ResNet block (Zagoruyko & Komodakis
     2016, Fig. 1d). A downsampling shortcut is a 1×1 convolution without BN (option B; the next
-    block's BN normalizes the sum) or zero padding (option A).
+    block's BN normalizes the sum) or zero padding (option A). ``attention`` reweights F's output
+    before the addition, as in ``BasicBlock``.
     """
 
     def __init__(self, cin: int, cout: int, stride: int = 1, shortcut: str = "B",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attention: Attention | None = None):
         super().__init__()
         layers = [nn.BatchNorm2d(cin), nn.ReLU(inplace=True), conv3x3(cin, cout, stride),
                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        layers.append(conv3x3(cout, cout))
+        layers += [conv3x3(cout, cout), *attention_module(attention, cout)]
         self.residual = nn.Sequential(*layers)
         self.shortcut = make_shortcut(shortcut, cin, cout, stride, batch_norm=False)
         self.downsample = stride != 1 or cin != cout
@@ -177,14 +198,13 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, mid: int, cout: int, stride: int = 1, groups: int = 1,
                  shortcut: str = "B", attention: Attention | None = None):
         super().__init__()
+        positive_int(groups, "the cardinality C (groups)")
         if mid % groups:
             raise ValueError(f"the cardinality (groups={groups}) must divide the bottleneck "
                              f"width {mid}")
         layers = [conv1x1(cin, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
                   conv3x3(mid, mid, stride, groups), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                  conv1x1(mid, cout), nn.BatchNorm2d(cout)]
-        if attention is not None:
-            layers.append(attention(cout))
+                  conv1x1(mid, cout), nn.BatchNorm2d(cout), *attention_module(attention, cout)]
         self.residual = nn.Sequential(*layers)
         self.shortcut = make_shortcut(shortcut, cin, cout, stride)
         self.downsample = stride != 1 or cin != cout
@@ -219,7 +239,7 @@ def _head(channels: int, num_classes: int, preact: bool = False) -> nn.Sequentia
 
 def _blocks_per_stage(depth: int, name: str, per_block: int, extra: int) -> int:
     n, rest = divmod(depth - extra, per_block * 3)
-    if rest or n < 1:
+    if not isinstance(depth, numbers.Integral) or rest or n < 1:
         raise ValueError(f"{name} depth must be {per_block * 3}n+{extra} (n ≥ 1 blocks per stage, "
                          f"{per_block} layers each), got {depth}")
     return n
@@ -238,16 +258,19 @@ class CifarResNet(ResNet):
     channels, three stages of n basic blocks with width, 2·width, 4·width channels (the first
     block of stages 2 and 3 halves the resolution), global average pooling and a linear layer.
 
-    ``plain=True`` removes every shortcut (the paper's plain baselines); ``survival_prob < 1``
-    turns on stochastic depth with the linear decay rule down to ``p_L = survival_prob``.
+    ``plain=True`` removes every shortcut (the paper's plain baselines; ``shortcut`` only chooses
+    option A or B and has no "off" value); ``survival_prob < 1`` turns on stochastic depth with
+    the linear decay rule down to ``p_L = survival_prob``.
     """
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 16,
                  shortcut: str = "A", plain: bool = False, attention: Attention | None = None,
                  survival_prob: float = 1.0):
         n = _blocks_per_stage(depth, "CIFAR ResNet", 2, 2)
+        positive_int(width, "width (the first stage's channels)")
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' (zero-padding) or 'B' (projection), got {shortcut!r}")
+            raise ValueError(f"shortcut must be 'A' (zero-padding) or 'B' (projection), got {shortcut!r}; "
+                             f"for the plain net without shortcuts use plain=True")
         if plain and survival_prob < 1.0:
             raise ValueError("stochastic depth needs shortcuts; it cannot be used with plain=True")
         survival = survival_probs(3 * n, survival_prob)
@@ -273,11 +296,11 @@ class PreActResNet(ResNet):
 
     def __init__(self, depth: int = 110, num_classes: int = 10, in_channels: int = 3,
                  width: int = 16, widen: int = 1, dropout: float = 0.0, shortcut: str = "A",
-                 wrn_depth: bool = False):
+                 wrn_depth: bool = False, attention: Attention | None = None):
         name, extra = ("Wide ResNet", 4) if wrn_depth else ("pre-activation ResNet", 2)
         n = _blocks_per_stage(depth, name, 2, extra)
-        if widen < 1:
-            raise ValueError(f"the widening factor k must be ≥ 1, got {widen}")
+        positive_int(width, "width (the first stage's channels before widening)")
+        positive_int(widen, "the widening factor k")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         blocks, c = [], width
@@ -285,7 +308,7 @@ class PreActResNet(ResNet):
             cout = width * widen * 2 ** stage
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(PreActBlock(c, cout, stride, shortcut, dropout))
+                blocks.append(PreActBlock(c, cout, stride, shortcut, dropout, attention))
                 c = cout
         super().__init__(nn.Sequential(conv3x3(in_channels, width)), blocks,
                          _head(c, num_classes, preact=True))
@@ -302,6 +325,9 @@ class CifarResNeXt(ResNet):
                  cardinality: int = 8, base_width: int = 64, width: int = 64,
                  attention: Attention | None = None):
         n = _blocks_per_stage(depth, "CIFAR ResNeXt", 3, 2)
+        positive_int(width, "width (the stem's channels)")
+        positive_int(cardinality, "the cardinality C")
+        positive_int(base_width, "the bottleneck width d (base_width)")
         blocks, c = [], width
         for stage in range(3):
             cout, mid = 4 * width * 2 ** stage, cardinality * base_width * 2 ** stage
@@ -363,9 +389,22 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, w
     return CifarResNet(depth, num_classes, in_channels, width, shortcut, plain, attention, survival_prob)
 
 
+def _reject_preset_keys(name: str, preset: dict, kwargs: dict, general: str) -> None:
+    """A preset constructor fixes some options (``resnet20`` is depth 20); passing one of them
+    is a contradiction, so say which constructor takes it."""
+    clash = [key for key in preset if key in kwargs]
+    if clash:
+        fixed = ", ".join(f"{key}={preset[key]!r}" for key in clash)
+        raise TypeError(f"{name} is a preset with {fixed}; to choose {' and '.join(clash)} "
+                        f"yourself use {general}")
+
+
 def _cifar_factory(depth: int, plain: bool):
+    preset = dict(depth=depth, plain=plain)
+
     def build(num_classes: int = 10, in_channels: int = 3, **kwargs) -> CifarResNet:
-        return resnet_cifar(num_classes, in_channels, depth=depth, plain=plain, **kwargs)
+        _reject_preset_keys(build.__name__, preset, kwargs, "resnet_cifar")
+        return resnet_cifar(num_classes, in_channels, **preset, **kwargs)
     build.__name__ = f"{'plain' if plain else 'resnet'}{depth}"
     build.__doc__ = (f"The {depth}-layer {'plain net' if plain else 'ResNet'} for CIFAR "
                      f"(He et al. 2016a, Sec. 4.2); keyword options as ``resnet_cifar``.")
@@ -380,17 +419,20 @@ for _depth in (20, 32, 44, 56, 110):
 
 @register
 def preact_resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 110,
-                        width: int = 16, shortcut: str = "A") -> PreActResNet:
+                        width: int = 16, shortcut: str = "A",
+                        attention: Attention | None = None) -> PreActResNet:
     """Pre-activation CIFAR ResNet of depth 6n+2 (He et al. 2016b)."""
-    return PreActResNet(depth, num_classes, in_channels, width, 1, 0.0, shortcut)
+    return PreActResNet(depth, num_classes, in_channels, width, 1, 0.0, shortcut, attention=attention)
 
 
 @register
 def wide_resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 28, widen: int = 10,
-                      dropout: float = 0.0, width: int = 16) -> PreActResNet:
+                      dropout: float = 0.0, width: int = 16,
+                      attention: Attention | None = None) -> PreActResNet:
     """Wide ResNet WRN-depth-widen (Zagoruyko & Komodakis 2016), depth 6n+4, option-B shortcuts;
     the paper's dropout setting is 0.3."""
-    return PreActResNet(depth, num_classes, in_channels, width, widen, dropout, "B", wrn_depth=True)
+    return PreActResNet(depth, num_classes, in_channels, width, widen, dropout, "B", wrn_depth=True,
+                        attention=attention)
 
 
 @register
@@ -420,8 +462,11 @@ def resnext29_16x64d(num_classes: int = 10, in_channels: int = 3) -> CifarResNeX
 
 
 def _imagenet_factory(name: str, depth: int, groups: int = 1, width_per_group: int = 64):
+    preset = dict(depth=depth, groups=groups, width_per_group=width_per_group)
+
     def build(num_classes: int = 1000, in_channels: int = 3, **kwargs) -> ImageNetResNet:
-        return ImageNetResNet(depth, num_classes, in_channels, groups, width_per_group, **kwargs)
+        _reject_preset_keys(name, preset, kwargs, "cnnlib.models.resnet.ImageNetResNet")
+        return ImageNetResNet(num_classes=num_classes, in_channels=in_channels, **preset, **kwargs)
     build.__name__ = name
     build.__doc__ = f"ImageNet {name}; the same parameter count as ``torchvision.models.{name}``."
     return build
