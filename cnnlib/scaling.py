@@ -5,7 +5,8 @@
   compound d = α^φ, w = β^φ, r = γ^φ with α·β²·γ² ≈ 2);
 * ``train_scaled`` — train the small base network (``efficientnet_mini``) scaled by (d, w, r)
   and report accuracy, multiply-adds and parameters; ``scaling_curves`` and ``grid_search`` run
-  it over φ and over the (α, β, γ) grid of the paper's step 1;
+  it over φ and over the (α, β, γ) grid of the paper's step 1; ``compare_scalings`` reads the
+  curves' last points with their standard errors and costs;
 * ``compound_summary(φ)`` — EfficientNet-B0 scaled by φ: stage table, resolution, parameters,
   multiply-adds (without running it), and ``show_compound_scaling(φ)``, the figure the
   lecture's φ slider redraws.
@@ -20,6 +21,7 @@ from .data import ImageData
 from .measure import count_params
 from .models.efficientnet import (B0_STAGES, EFFICIENTNET, EfficientNet, compound_multipliers,
                                   count_macs, efficientnet_mini, flops_factor)
+from .report import rate_difference
 from .train import fit
 
 SCALINGS = ("depth", "width", "resolution", "compound")
@@ -45,14 +47,15 @@ def train_scaled(data: ImageData, depth: float, width: float, resolution: float,
                  seed: int = 0) -> dict:
     """Train ``efficientnet_mini`` scaled by (depth, width) on ``data`` resampled to
     ``round(base_resolution · resolution)`` pixels; return the test accuracy, multiply-adds per
-    image, parameters and the rounded architecture. Training is cached by ``cnnlib.fit``."""
+    image, parameters, the rounded architecture and ``n_test``, the number of test images (for
+    standard errors). Training is cached by ``cnnlib.fit``."""
     size = round(base_resolution * resolution)
     torch.manual_seed(seed)
     net = efficientnet_mini(data.num_classes, data.in_channels, width=width, depth=depth)
     hist = fit(net, data.resize(size), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                progress=False)
     return {"depth": depth, "width": width, "resolution": size, "acc": hist.final["test_acc"],
-            "macs": count_macs(net, size), "params": count_params(net),
+            "n_test": len(data.y_test), "macs": count_macs(net, size), "params": count_params(net),
             "blocks": sum(s.repeats for s in net.stages), "channels": tuple(s.channels for s in net.stages)}
 
 
@@ -62,6 +65,37 @@ def scaling_curves(data: ImageData, phis, *, coefficients=PAPER_COEFFICIENTS, **
     base = train_scaled(data, 1.0, 1.0, 1.0, **train)
     return {kind: [base] + [train_scaled(data, *multipliers(kind, phi, coefficients), **train) for phi in phis]
             for kind in SCALINGS}
+
+
+def standard_error(result: dict) -> float:
+    """Binomial standard error of a ``train_scaled`` result's test accuracy, √(a(1−a)/n)."""
+    a = result["acc"]
+    return (a * (1 - a) / result["n_test"]) ** 0.5
+
+
+def compare_scalings(curves: dict) -> dict:
+    """Read ``scaling_curves``' largest φ: compound scaling against the best single dimension.
+
+    The difference counts as real only beyond 2 standard errors of a difference of two
+    accuracies, 2·√(se₁² + se₂²). The points are *not* at equal cost (rounding makes each kind
+    miss 2^φ differently), so the result also gives every kind's multiply-adds relative to the
+    shared base (φ = 0). Returns ``ranking`` (kinds, best first), ``single`` (best single
+    dimension), ``gap`` and ``noise`` (accuracy, fractions), ``cost`` ({kind: multiply-adds ÷
+    base}) and ``verdict``, a phrase like "within noise of resolution"."""
+    final = {kind: results[-1] for kind, results in curves.items()}
+    base = curves["compound"][0]["macs"]
+    ranking = sorted(final, key=lambda k: final[k]["acc"], reverse=True)
+    single = next(k for k in ranking if k != "compound")
+    gap = final["compound"]["acc"] - final[single]["acc"]
+    _, se = rate_difference(final[single]["acc"], final[single]["n_test"],
+                            final["compound"]["acc"], final["compound"]["n_test"])
+    noise = 2 * se
+    if abs(gap) <= noise:
+        verdict = f"within noise of {single}"
+    else:
+        verdict = f"{'better' if gap > 0 else 'worse'} than {single} by {100 * abs(gap):.1f} points"
+    return {"ranking": ranking, "single": single, "gap": gap, "noise": noise, "verdict": verdict,
+            "cost": {kind: r["macs"] / base for kind, r in final.items()}}
 
 
 def grid_search(data: ImageData, candidates, **train) -> list[dict]:
@@ -143,13 +177,13 @@ def plot_compound_summary(summary: dict, axes=None):
     ax.legend(fontsize=8, loc="upper left")
     phis = np.arange(0, 7.01, 0.5)
     curve = [compound_summary(float(p))["macs"] / 1e9 for p in phis]
-    ax2.semilogy(phis, curve, "-", color="tab:blue", label="B0 × (1.2, 1.1, 1.15)^φ")
-    ax2.semilogy(phis, _b0_macs() / 1e9 * 2.0 ** phis, ":", color="0.4", label="B0 × 2^φ")
+    ax2.semilogy(phis, curve, "-", color="tab:blue", label=r"B0 × $(1.2, 1.1, 1.15)^{\varphi}$")
+    ax2.semilogy(phis, _b0_macs() / 1e9 * 2.0 ** phis, ":", color="0.4", label=r"B0 × $2^{\varphi}$")
     ax2.semilogy(range(8), [m / 1e9 for m in released_macs()], "s", color="tab:orange", ms=5,
                  label="released B0–B7")
     ax2.semilogy([summary["phi"]], [summary["macs"] / 1e9], "o", color="tab:red", ms=10,
                  label=f"φ = {summary['phi']:g}: {summary['macs'] / 1e9:.2f}B")
-    ax2.set(xlabel="φ", ylabel="multiply-adds (billions, log)", title="cost grows like 2^φ")
+    ax2.set(xlabel="φ", ylabel="multiply-adds (billions, log)", title=r"cost grows like $2^{\varphi}$")
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=8)
     return axes
@@ -168,17 +202,23 @@ def show_compound_scaling(phi: float) -> dict:
 
 
 def plot_scaling_curves(curves: dict, ax=None, title: str | None = None):
-    """Accuracy against multiply-adds for each kind of scaling (``scaling_curves``' result)."""
+    """Accuracy (±2 standard errors) against multiply-adds for each kind of scaling
+    (``scaling_curves``' result), on a log axis with plain tick labels (thousands)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     markers = dict(depth="s", width="^", resolution="D", compound="o")
     for kind, results in curves.items():
-        ax.plot([r["macs"] / 1e3 for r in results], [100 * r["acc"] for r in results],
-                marker=markers.get(kind, "o"), lw=2.5 if kind == "compound" else 1.5, label=f"{kind} scaling")
-    ax.set_xscale("log")
-    ax.set(xlabel="multiply-adds per image (thousands, log)", ylabel="test accuracy (%)",
+        ax.errorbar([r["macs"] / 1e3 for r in results], [100 * r["acc"] for r in results],
+                    yerr=[200 * standard_error(r) for r in results], marker=markers.get(kind, "o"),
+                    capsize=3, lw=2.5 if kind == "compound" else 1.5, label=f"{kind} scaling")
+    ax.set_xscale("log")  # ticks at 1, 2, 3, 5, 7 × 10^k, labelled as plain numbers
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5, 7)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="multiply-adds per image (thousands, log scale)", ylabel="test accuracy (%, ±2 s.e.)",
            title=title or "scaling one dimension vs. all three")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -6,12 +6,15 @@ Every strategy takes
 * a ``SearchSpace`` (``cnnlib.models.nasnet``): which cells are allowed;
 * a ``ProxyTask``: how a candidate is judged — a short training of a small network built from
   it, on part of the training set, scored on a held-out *validation* part (never the test set);
-* a ``Budget``: how many architectures may be evaluated and/or how many seconds of compute,
+* a ``Budget``: how many evaluations (architectures; for DARTS, supernet epochs) and/or how
+  many seconds of compute,
 
-and returns a ``SearchHistory``: one ``Trial(genotype, accuracy, cost, params)`` per evaluated
-architecture, in order, ready for best-so-far curves. Proxy evaluations and whole DARTS runs
-are cached on disk (``cnnlib.cache``), so re-running a search is instant; the cost of a trial is
-the compute it took when it was first measured, so re-runs also report the same costs.
+and returns a ``SearchHistory``: one ``Trial(genotype, accuracy, cost, params)`` per evaluation,
+in order, ready for best-so-far curves. Proxy evaluations and whole DARTS runs are cached on
+disk (``cnnlib.cache``), so re-running a search is instant. The cost of a trial is the compute
+it took when it was first measured (``compute_clock``: CPU time of this process on the CPU,
+synchronized wall time on a GPU), stored with the cached result, so re-runs report the same
+costs and a busy machine does not inflate them the way wall-clock time would.
 
 References: Bergstra & Bengio (2012), random search; Real, Aggarwal, Huang & Le (2019),
 regularized ("aging") evolution, Algorithm 1; Liu, Simonyan & Yang (2019), DARTS, Sec. 2.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import random
 import time
 from collections import deque
@@ -44,9 +48,15 @@ from .train import evaluate, fit
 
 @dataclass(frozen=True)
 class Budget:
-    """How much search is allowed: at most ``evaluations`` architectures and/or ``seconds`` of
-    summed evaluation cost. A search stops before the first evaluation that would start with
-    either limit reached."""
+    """How much search is allowed: at most ``evaluations`` evaluations and/or ``seconds`` of
+    summed evaluation cost (``Trial.cost``). A search stops before the first evaluation that
+    would start with either limit reached.
+
+    What one evaluation is depends on the strategy: ``random_search`` and
+    ``regularized_evolution`` evaluate one *architecture* (a proxy training) at a time;
+    ``darts_search`` trains a single supernet, and for it ``evaluations`` counts *supernet
+    epochs* (one ``Trial`` per epoch: the genotype discretized after it). The same Budget thus
+    means the same number of trials, not the same compute: compare strategies by cost too."""
 
     evaluations: int | None = None
     seconds: float | None = None
@@ -54,10 +64,13 @@ class Budget:
     def __post_init__(self):
         if self.evaluations is None and self.seconds is None:
             raise ValueError("a Budget needs evaluations=..., seconds=... or both")
-        if self.evaluations is not None and self.evaluations < 1:
-            raise ValueError(f"evaluations must be at least 1, got {self.evaluations}")
-        if self.seconds is not None and self.seconds <= 0:
-            raise ValueError(f"seconds must be positive, got {self.seconds}")
+        if self.evaluations is not None and (isinstance(self.evaluations, bool)
+                                             or not isinstance(self.evaluations, numbers.Integral)
+                                             or self.evaluations < 1):
+            raise ValueError(f"evaluations must be a whole number, at least 1, got {self.evaluations!r}")
+        if self.seconds is not None and (isinstance(self.seconds, bool) or not isinstance(self.seconds, numbers.Real)
+                                         or not 0 < self.seconds < math.inf):
+            raise ValueError(f"seconds must be a positive, finite number, got {self.seconds!r}")
 
     def allows(self, evaluations: int, seconds: float) -> bool:
         """Whether another evaluation may start after ``evaluations`` costing ``seconds``."""
@@ -68,7 +81,7 @@ class Budget:
 @dataclass(frozen=True)
 class Trial:
     """One evaluated architecture: validation ``accuracy`` after the proxy training, its
-    ``cost`` in seconds of compute, and the proxy network's parameter count."""
+    ``cost`` in seconds of compute (``compute_clock``) and the proxy network's parameter count."""
 
     genotype: Genotype
     accuracy: float
@@ -78,10 +91,12 @@ class Trial:
 
 @dataclass
 class SearchHistory:
-    """The trials of one search run, in evaluation order."""
+    """The trials of one search run, in evaluation order; ``unit`` says what one trial is
+    ("architectures" for random search and evolution, "supernet epochs" for DARTS)."""
 
     strategy: str
     trials: list[Trial] = field(default_factory=list)
+    unit: str = "architectures"
 
     def append(self, trial: Trial) -> None:
         self.trials.append(trial)
@@ -116,8 +131,8 @@ class SearchHistory:
     def __repr__(self) -> str:
         if not self.trials:
             return f"SearchHistory({self.strategy}, empty)"
-        return (f"SearchHistory({self.strategy}: {len(self)} architectures, best val acc "
-                f"{self.best.accuracy:.1%}, {self.total_cost:.1f}s)")
+        return (f"SearchHistory({self.strategy}: {len(self)} {self.unit}, best val acc "
+                f"{self.best.accuracy:.1%}, {self.total_cost:.1f}s of compute)")
 
 
 def _accumulate(values):
@@ -125,6 +140,18 @@ def _accumulate(values):
     for v in values:
         total += v
         yield total
+
+
+def compute_clock(device: torch.device) -> float:
+    """The clock search costs are measured with, in seconds. On the CPU: this process's CPU
+    time (``time.process_time``, summed over its threads, as GPU-days sum over GPUs), which
+    other programs on a busy machine do not inflate the way they inflate wall time. On a GPU: wall time after ``torch.cuda.synchronize``, i.e. GPU-seconds of a
+    device that does nothing else. Take differences of two readings."""
+    if device.type == "cpu":
+        return time.process_time()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +179,8 @@ def validation_split(data: ImageData, val_size: int, train_size: int | None = No
 class ProxyTask:
     """Judge a genotype by a short training: build ``NASNet(genotype, channels, cells_per_stage,
     stages)``, train it ``epochs`` epochs on ``data``'s training split and report accuracy on its
-    test split (pass a ``validation_split``). Results are cached by genotype, data and settings."""
+    test split (pass a ``validation_split``). Results are cached by genotype, data and settings,
+    together with the cost measured when they were computed (``compute_clock``)."""
 
     data: ImageData
     channels: int = 8
@@ -178,11 +206,11 @@ class ProxyTask:
 
     def __call__(self, genotype: Genotype) -> Trial:
         def compute():
-            start = time.perf_counter()
+            start = compute_clock(self.data.device)
             net = self.build(genotype)
             hist = fit(net, self.data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                        seed=self.seed, progress=False, cache=False)
-            return {"accuracy": hist.final["test_acc"], "cost": time.perf_counter() - start,
+            return {"accuracy": hist.final["test_acc"], "cost": compute_clock(self.data.device) - start,
                     "params": count_params(net)}
         value = (_cache.cached("nas-proxy", (repr(genotype), self.settings()), compute)
                  if self.cache else compute())
@@ -223,7 +251,9 @@ def regularized_evolution(space: SearchSpace, evaluate, budget: Budget, populati
     then ``evolution_step`` until the budget is spent. The initial population is drawn exactly
     as ``random_search`` with the same seed draws its first samples, so the two strategies
     share their first ``population_size`` evaluations (common random numbers) and differ only
-    where evolution starts to mutate."""
+    where evolution starts to mutate. With a caching ``evaluate`` (``ProxyTask``) the shared
+    evaluations are computed once; each history still lists their cost, as the strategy alone
+    would have spent it — count distinct genotypes to get the compute both runs needed."""
     if not 1 <= sample_size <= population_size:
         raise ValueError(f"need 1 <= sample_size <= population_size, got {sample_size}, {population_size}")
     rng = random.Random(seed)
@@ -370,14 +400,21 @@ def genotype_to_plain(genotype: Genotype) -> tuple:
 def darts_search(space: SearchSpace, task: ProxyTask, budget: Budget, *, arch_lr: float = 3e-4,
                  weight_lr: float = 0.025, arch_weight_decay: float = 1e-3, batch_size: int = 64,
                  channels: int | None = None, seed: int = 0) -> tuple[SearchHistory, dict]:
-    """First-order DARTS (Liu et al. 2019, Sec. 2.3 with ξ = 0) on ``space``'s operations plus
-    ``zero``, with the proxy task's network layout (``channels`` overrides its width: the
-    supernet runs every operation on every edge) and data: weights w are trained by SGD on
-    the training split, architecture logits α by Adam on the validation split, alternating one
-    step each. Every epoch the current α is discretized (``discretize``) into a genotype and
-    recorded as a ``Trial`` whose accuracy is the *supernet's* validation accuracy and whose
-    cost is that epoch's compute; ``budget.evaluations`` is therefore a number of epochs (the
-    weights' learning rate decays over them by a cosine; with only ``seconds``, it is constant).
+    """First-order DARTS (Liu et al. 2019, Sec. 2.3 with ξ = 0) for at most
+    ``budget.evaluations`` **supernet epochs** and/or ``budget.seconds`` of compute.
+
+    The same ``Budget`` as the other strategies, read differently: DARTS evaluates no
+    architecture on its own, it trains one supernet, so an "evaluation" is one epoch of it.
+    Every epoch the current α is discretized (``discretize``) into a genotype and recorded as
+    a ``Trial`` whose accuracy is the *supernet's* validation accuracy and whose cost is that
+    epoch's compute (``compute_clock``); the history's ``unit`` is "supernet epochs". The
+    weights' learning rate decays by a cosine over ``budget.evaluations`` epochs (with only
+    ``seconds``, it is constant).
+
+    The supernet has ``space``'s operations plus ``zero`` on every edge, the proxy task's
+    network layout (``channels`` overrides its width: the supernet runs every operation on
+    every edge) and data: weights w are trained by SGD on the training split, architecture
+    logits α by Adam on the validation split, alternating one step each.
 
     Returns the history and a dict with the final ``genotype``, the softmax weights of every
     epoch (``weights_normal``/``weights_reduce``, shape epochs × edges × ops) and ``ops``.
@@ -395,7 +432,8 @@ def darts_search(space: SearchSpace, task: ProxyTask, budget: Budget, *, arch_lr
 
     raw = _cache.cached("nas-darts", config, compute) if task.cache else compute()
     history = SearchHistory("DARTS (first order)",
-                            [Trial(Genotype(*g), acc, cost, params) for g, acc, cost, params in raw["trials"]])
+                            [Trial(Genotype(*g), acc, cost, params) for g, acc, cost, params in raw["trials"]],
+                            unit="supernet epochs")
     result = {"genotype": history.trials[-1].genotype, "ops": ops,
               "weights_normal": raw["weights_normal"], "weights_reduce": raw["weights_reduce"]}
     return history, result
@@ -419,7 +457,7 @@ def _darts(space, ops, task, budget, arch_lr, weight_lr, arch_weight_decay, batc
     for epoch in range(epochs):
         if not budget.allows(epoch, elapsed):
             break
-        start = time.perf_counter()
+        start = compute_clock(data.device)
         net.train()
         train = batches(data.x_train, data.y_train, batch_size, shuffle=True, generator=generator, drop_last=True)
         val = batches(data.x_test, data.y_test, batch_size, shuffle=True, generator=generator, drop_last=True)
@@ -434,7 +472,7 @@ def _darts(space, ops, task, budget, arch_lr, weight_lr, arch_weight_decay, batc
             if schedule is not None:
                 schedule.step()
         accuracy = evaluate(net, data)["acc"]
-        cost = time.perf_counter() - start
+        cost = compute_clock(data.device) - start
         elapsed += cost
         genotype = Genotype(discretize(net.alpha_normal, ops, space.blocks),
                             discretize(net.alpha_reduce, ops, space.blocks))
@@ -474,7 +512,7 @@ def plot_best_so_far(histories: dict, ax=None, x: str = "evaluations"):
             mean = np.mean([r.best_so_far()[:n] for r in runs], axis=0)
             ax.step(range(1, n + 1), 100 * mean, where="post", lw=2.5, color=color,
                     label=f"{label} (mean of {len(runs)} seeds)")
-    ax.set(xlabel="architectures evaluated" if x == "evaluations" else "compute spent (s)",
+    ax.set(xlabel="architectures evaluated" if x == "evaluations" else "compute spent (CPU- or GPU-seconds)",
            ylabel="best validation accuracy so far (%)", title="search progress")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,10 +1,12 @@
 """EfficientNet: MBConv, rounding rules, B0–B7 against torchvision, FLOPs, compound scaling."""
+import math
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
 import torchvision
-from torchvision.ops import SqueezeExcitation
+from matplotlib.container import ErrorbarContainer
+from torchvision.ops import SqueezeExcitation, stochastic_depth
 
 import cnnlib
 from cnnlib import scaling
@@ -109,6 +111,17 @@ def test_stochastic_depth_drops_whole_samples_and_keeps_the_expectation():
     assert E.drop_path(x, 0.3, training=False) is x
 
 
+def test_stochastic_depth_with_p_1_drops_everything_like_torchvision():
+    x = torch.randn(8, 3, 2, 2)
+    y = E.drop_path(x, 1.0, training=True)
+    assert torch.isfinite(y).all() and torch.equal(y, torch.zeros_like(x))
+    assert torch.equal(y, stochastic_depth(x, 1.0, "row", training=True))
+    assert E.drop_path(x, 1.0, training=False) is x
+    for p in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match="drop probability p must be between 0 and 1"):
+            E.drop_path(x, p, training=True)
+
+
 def test_drop_probabilities_grow_linearly_to_the_configured_rate():
     net = create("efficientnet_b0")
     probs = [m.drop_prob for m in net.modules() if isinstance(m, E.MBConv)]
@@ -124,6 +137,19 @@ def test_compound_multipliers_and_the_flops_constraint():
     assert E.flops_factor(*E.compound_multipliers(3)) == pytest.approx(one ** 3)   # (αβ²γ²)^φ
     with pytest.raises(ValueError, match="≥ 1"):
         E.compound_multipliers(1, 0.9, 1.1, 1.1)
+
+
+def test_phi_must_be_finite_and_in_range():
+    lo, hi = E.PHI_RANGE
+    assert (lo, hi) == (0.0, 10.0)
+    assert E.compound_multipliers(lo) == (1.0, 1.0, 1.0) and E.compound_multipliers(hi)[0] == pytest.approx(1.2 ** 10)
+    for phi in (math.nan, math.inf, -math.inf, -30, -0.5, 10.5, "2", None, True):
+        with pytest.raises(ValueError, match="φ must be a finite number between 0 and 10"):
+            E.compound_multipliers(phi)
+    with pytest.raises(ValueError, match="φ must be a finite number"):
+        scaling.compound_summary(math.nan)      # not "cannot convert float NaN to integer"
+    with pytest.raises(ValueError, match="φ must be a finite number"):
+        scaling.compound_summary(-30.0)         # not a silent 3×3 input
 
 
 def test_constrained_grid_solves_gamma_from_the_constraint():
@@ -171,6 +197,54 @@ def test_compound_summary_and_the_slider_figure_change_with_phi():
         figures.append([t.get_text() for ax in fig.axes for t in [ax.title]])
         plt.close(fig)
     assert figures[0] != figures[1]
+    assert figures[1][1] == r"cost grows like $2^{\varphi}$"      # mathtext, not a literal "2^φ"
+
+
+def test_the_slider_figure_is_deterministic():
+    import io
+    images = []
+    for _ in range(2):
+        scaling.show_compound_scaling(3.0)
+        buffer = io.BytesIO()
+        plt.gcf().savefig(buffer, format="png")
+        plt.close(plt.gcf())
+        images.append(buffer.getvalue())
+    assert images[0] == images[1]
+
+
+def _result(acc, macs, n=400):
+    return {"acc": acc, "macs": macs, "n_test": n}
+
+
+def test_compare_scalings_reads_the_last_points_with_noise_and_cost():
+    base = _result(0.80, 1000)
+    curves = {"depth": [base, _result(0.70, 3000)], "width": [base, _result(0.86, 3500)],
+              "resolution": [base, _result(0.88, 2500)], "compound": [base, _result(0.90, 4000)]}
+    cmp = scaling.compare_scalings(curves)
+    assert cmp["ranking"] == ["compound", "resolution", "width", "depth"] and cmp["single"] == "resolution"
+    se = lambda a: (a * (1 - a) / 400) ** 0.5  # noqa: E731
+    assert cmp["noise"] == pytest.approx(2 * (se(0.90) ** 2 + se(0.88) ** 2) ** 0.5)
+    assert cmp["verdict"] == "within noise of resolution"                 # 2 points < 2 s.e. ≈ 4.4
+    assert cmp["cost"] == {"depth": 3.0, "width": 3.5, "resolution": 2.5, "compound": 4.0}
+    curves["compound"][-1] = _result(0.97, 4000)
+    assert scaling.compare_scalings(curves)["verdict"] == "better than resolution by 9.0 points"
+    curves["compound"][-1] = _result(0.75, 4000)
+    assert scaling.compare_scalings(curves)["verdict"] == "worse than resolution by 13.0 points"
+
+
+def test_scaling_plot_has_plain_ticks_and_two_standard_error_bars():
+    base = _result(0.80, 20_000)
+    curves = {k: [base, _result(0.8 + 0.02 * i, 20_000 * (i + 2))] for i, k in enumerate(scaling.SCALINGS)}
+    ax = scaling.plot_scaling_curves(curves)
+    ax.figure.canvas.draw()
+    ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert ticks and all(t.replace(".", "").isdigit() for t in ticks)    # "20", "50", not "2×10¹"
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 4
+    _, caps, (segments,) = bars[0]
+    lows, highs = zip(*[(seg[0][1], seg[1][1]) for seg in segments.get_segments()])
+    assert highs[0] - lows[0] == pytest.approx(4 * 100 * scaling.standard_error(base))   # ±2 s.e., in %
+    plt.close(ax.figure)
 
 
 def test_train_scaled_reports_the_rounded_architecture(quiet):
@@ -179,6 +253,7 @@ def test_train_scaled_reports_the_rounded_architecture(quiet):
     r = scaling.train_scaled(data, 2.0, 1.5, 1.2, base_resolution=6, epochs=1, batch_size=32)
     assert r["resolution"] == 7 and r["blocks"] == 6 and r["channels"] == (6, 12, 18)
     assert r["macs"] == E.count_macs(E.efficientnet_mini(10, 1, 1.5, 2.0), 7) and 0 <= r["acc"] <= 1
+    assert r["n_test"] == 32
 
 
 def test_unknown_efficientnet_name():

@@ -3,7 +3,8 @@ import math
 import random
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyArrowPatch
+from matplotlib.colors import same_color
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 import pytest
 import torch
 import torch.nn as nn
@@ -52,8 +53,52 @@ def test_dilated_conv_is_a_5x5_receptive_field_with_9_taps():
 def test_unknown_operation_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown operation 'conv_9x9'"):
         make_op("conv_9x9", 8)
+    # only the lecture's 13 names: no 9×9 separable conv, no truncated names, no 4×4 pooling
+    for name in ("sep_conv_9x9", "sep_conv_3", "max_pool_4x4", "max_pool_3", "identity "):
+        with pytest.raises(ValueError, match=f"unknown operation {name!r}; the NASNet operations are"):
+            make_op(name, 8)
     with pytest.raises(ValueError, match="unknown operation"):
         Block((0, 1), ("conv_9x9", "identity"))
+
+
+def test_blocks_reject_inputs_and_ops_of_the_wrong_type():
+    ops = ("identity", "conv_3x3")
+    for inputs in (0, (0.5, 1), (0, 1, 1), (True, 0), "01", None):
+        with pytest.raises(TypeError, match="inputs must be a pair of state indices"):
+            Block(inputs, ops)
+    for bad_ops in ("identity", ("identity",), ("identity", 3), None):
+        with pytest.raises(TypeError, match="ops must be a pair of operation names"):
+            Block((0, 1), bad_ops)
+    assert Block([0, 1], ["identity", "conv_3x3"]) == Block((0, 1), ops)   # lists are fine
+    with pytest.raises(TypeError, match="normal cell must be a sequence of Blocks"):
+        Genotype(5, (Block((0, 1), ops),))
+    with pytest.raises(TypeError, match="reduce cell must be a sequence of Blocks"):
+        Genotype((Block((0, 1), ops),), ("not a block",))
+
+
+def test_out_of_range_inputs_say_what_the_block_may_use():
+    ok = Block((0, 1), ("identity", "conv_3x3"))
+    with pytest.raises(ValueError, match=r"block 0 may use 0 \(h\[i-1\]\) or 1 \(h\[i\]\); there is no earlier block$"):
+        Genotype((Block((0, 2), ("identity", "conv_3x3")),), (ok,))
+    with pytest.raises(ValueError, match=r"block 1 may use 0 \(h\[i-1\]\), 1 \(h\[i\]\) or 2 \(block 0\)$"):
+        Genotype((ok, Block((3, 0), ("identity", "conv_3x3"))), (ok, ok))
+    with pytest.raises(ValueError,
+                       match=r"input index 5 is out of range; block 3 may use .* \(2\.\.4 for blocks 0\.\.2\)"):
+        Genotype((ok, ok, ok, Block((5, 0), ("identity", "conv_3x3"))), (ok,) * 4)
+
+
+def test_search_space_errors_name_the_broken_rule():
+    with pytest.raises(ValueError, match="unknown combiner 'multiply'; the combiners are"):
+        SearchSpace(combiners=("add", "multiply"))
+    with pytest.raises(ValueError, match="at least one combiner"):
+        SearchSpace(combiners=())
+    with pytest.raises(ValueError, match="unknown operation 'conv_9x9'"):
+        SearchSpace(ops=("identity", "conv_9x9"))
+    with pytest.raises(ValueError, match="at least one operation"):
+        SearchSpace(ops=())
+    for blocks in (0, 2.5, "3"):
+        with pytest.raises(ValueError, match="whole number of blocks"):
+            SearchSpace(blocks=blocks)
 
 
 def test_invalid_genotypes_raise_on_construction():
@@ -129,6 +174,19 @@ def test_module_level_helpers_use_the_paper_space_and_are_seeded():
     assert g.blocks == 5 and mutate(g, random.Random(0)) == mutate(g, random.Random(0))
 
 
+def test_an_int_seed_works_wherever_a_random_generator_does():
+    assert random_genotype(0) == random_genotype(random.Random(0))
+    assert random_genotype(0) != random_genotype(1)
+    g = random_genotype(7)
+    assert mutate(g, 3) == mutate(g, random.Random(3)) != g
+    assert SearchSpace(blocks=2).random(5) == SearchSpace(blocks=2).random(random.Random(5))
+    for bad in (1.5, "0", None, True):
+        with pytest.raises(TypeError, match="rng must be a random.Random or an int seed"):
+            random_genotype(bad)
+        with pytest.raises(TypeError, match="rng must be a random.Random or an int seed"):
+            mutate(g, bad)
+
+
 def test_random_sampling_covers_every_operation_and_combiner():
     rng = random.Random(0)
     seen = set()
@@ -173,21 +231,58 @@ def test_network_config_errors_are_clear():
         NASNet("NASNet-A")
 
 
-def test_draw_cell_draws_one_box_per_state_and_one_arrow_per_edge():
-    g = AMOEBANET_A
+def _inside(point, box, margin=1e-9):
+    x, y = point
+    return (box.get_x() - margin <= x <= box.get_x() + box.get_width() + margin
+            and box.get_y() - margin <= y <= box.get_y() + box.get_height() + margin)
+
+
+@pytest.mark.parametrize("genotype", [AMOEBANET_A, NASNET_A, nasnet.residual_genotype(3)])
+def test_draw_cell_draws_one_box_per_state_and_one_coloured_arrow_per_edge(genotype):
     for kind in ("normal", "reduce"):
-        ax = nasnet.draw_cell(g, kind)
-        blocks = getattr(g, kind)
-        boxes = [t for t in ax.texts if t.get_bbox_patch() is not None and t.get_text() in
-                 {r"$h_{i-1}$", r"$h_i$"} | {f"b{b}  {'+' if blk.combine == 'add' else '‖'}" for b, blk in enumerate(blocks)}]
-        assert len(boxes) == 2 + len(blocks)
+        ax = nasnet.draw_cell(genotype, kind)
+        blocks = getattr(genotype, kind)
+        names = [r"$h_{i-1}$", r"$h_i$"] + [f"b{b}  {'+' if blk.combine == 'add' else '‖'}"
+                                             for b, blk in enumerate(blocks)] + ["concat\n$h_{i+1}$"]
+        assert [t.get_text() for t in ax.texts if t.get_text() in names] == names
+        boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
+        assert len(boxes) == len(names)
         arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
         assert len(arrows) == 2 * len(blocks) + len(unused_blocks(blocks))
-        labels = [t.get_text() for t in ax.texts if t.get_text().replace(" ", "_") in OPS]
-        assert sorted(labels) == sorted(op.replace("_", " ") for b in blocks for op in b.ops)
+        # every arrow starts on its source box's edge and its head stops outside every box
+        for arrow in arrows:
+            start, end = arrow.get_path().vertices[0], arrow.get_path().vertices[-1]
+            assert any(_inside(start, box) for box in boxes)
+            assert not any(_inside(end, box) for box in boxes)
+        labels = [t for t in ax.texts if t.get_text().replace(" ", "_") in OPS]
+        ops = [op for b in blocks for op in b.ops]
+        assert sorted(t.get_text() for t in labels) == sorted(op.replace("_", " ") for op in ops)
+        # an operation's arrow and label share its colour: blue with weights, brown without
+        for t in labels:
+            want = nasnet.PARAMETER_FREE_COLOR if t.get_text().replace(" ", "_") in nasnet.PARAMETER_FREE \
+                else nasnet.WEIGHTED_COLOR
+            assert same_color(t.get_color(), want)
+        colours = sorted(nasnet.PARAMETER_FREE_COLOR if op in nasnet.PARAMETER_FREE else nasnet.WEIGHTED_COLOR
+                         for op in ops)
+        op_arrows = [a for a in arrows if a.get_linestyle() == "-"]
+        assert len(op_arrows) == len(ops)
+        assert sum(same_color(a.get_edgecolor(), nasnet.WEIGHTED_COLOR) for a in op_arrows) == \
+            colours.count(nasnet.WEIGHTED_COLOR)
         plt.close(ax.figure)
     with pytest.raises(ValueError, match="kind must be"):
-        nasnet.draw_cell(g, "middle")
+        nasnet.draw_cell(genotype, "middle")
+
+
+def test_draw_cell_labels_do_not_overlap_each_other():
+    ax = nasnet.draw_cell(NASNET_A, "normal")
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t.get_window_extent(renderer) for t in ax.texts if t.get_text().replace(" ", "_") in OPS]
+    assert len(labels) == 10
+    clashes = [(a, b) for k, a in enumerate(labels) for b in labels[k + 1:] if a.overlaps(b)]
+    assert not clashes
+    plt.close(fig)
 
 
 def test_residual_baseline_is_a_chain_of_conv_plus_skip():

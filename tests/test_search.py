@@ -1,5 +1,7 @@
 """Search strategies: budgets, random search, regularized evolution, DARTS, proxy task, caching."""
+import math
 import random
+import time
 from collections import deque
 
 import pytest
@@ -29,8 +31,12 @@ def digits_split():
 def test_budget_needs_a_limit_and_counts_both():
     with pytest.raises(ValueError, match="needs evaluations"):
         Budget()
-    with pytest.raises(ValueError, match="at least 1"):
-        Budget(evaluations=0)
+    for bad in (0, -3, 2.5, 3.0, True, "4"):
+        with pytest.raises(ValueError, match="evaluations must be a whole number, at least 1"):
+            Budget(evaluations=bad)
+    for bad in (0, -1.0, math.nan, math.inf, "10"):
+        with pytest.raises(ValueError, match="seconds must be a positive, finite number"):
+            Budget(seconds=bad)
     b = Budget(evaluations=3, seconds=10)
     assert b.allows(2, 9.9) and not b.allows(3, 0) and not b.allows(0, 10)
 
@@ -42,6 +48,35 @@ def test_strategies_spend_exactly_the_budget():
         assert len(run(Budget(evaluations=12))) == 12
         assert len(run(Budget(seconds=7.5))) == 8           # each trial costs 1 s: stops at 8 ≥ 7.5
         assert len(run(Budget(evaluations=4, seconds=100))) == 4
+        assert run(Budget(evaluations=3)).unit == "architectures"
+
+
+def test_darts_reads_the_same_budget_as_supernet_epochs(digits_split, quiet):
+    space = SearchSpace(blocks=1, ops=("identity", "conv_3x3"), combiners=("add",))
+    task = search.ProxyTask(digits_split, channels=4)
+    darts = lambda b: search.darts_search(space, task, b, arch_lr=0.05, batch_size=32)[0]  # noqa: E731
+    three = darts(Budget(evaluations=3))
+    assert len(three) == 3 and three.unit == "supernet epochs" and "3 supernet epochs" in repr(three)
+    assert all(t.cost > 0 for t in three)
+    # a seconds budget as for the others: it stops before the first epoch that would start over it
+    assert len(darts(Budget(seconds=1e-9))) == 1
+    long = darts(Budget(evaluations=2, seconds=1e6))
+    assert len(long) == 2
+    limit = three.cumulative_cost()[1]                    # spent after two epochs, as measured
+    assert len(darts(Budget(evaluations=50, seconds=limit * 1e-3))) == 1
+
+
+def test_compute_clock_counts_this_process_working_not_waiting():
+    cpu = torch.device("cpu")
+    start = search.compute_clock(cpu)
+    time.sleep(0.3)                                       # another program's turn on a busy machine
+    assert search.compute_clock(cpu) - start < 0.1
+    start = search.compute_clock(cpu)
+    x = torch.randn(256, 256)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:                 # working: counted (even with a share of a core)
+        x = torch.tanh(x @ x / 256)
+    assert search.compute_clock(cpu) - start > 0.05
 
 
 def test_history_best_so_far_and_cumulative_cost():
@@ -104,8 +139,20 @@ def test_proxy_task_trains_caches_and_reports_cost(digits_split, quiet):
     g = SPACE.random(random.Random(0))
     first = task(g)
     assert 0 <= first.accuracy <= 1 and first.cost > 0 and first.params == cnnlib.count_params(task.build(g))
+    start = time.perf_counter()
     again = task(g)
     assert again == first  # from the cache: same accuracy and the originally measured cost
+    assert time.perf_counter() - start < first.cost  # although reading it took less than that
+
+
+def test_evolution_shares_random_searchs_first_evaluations_and_both_histories_count_them(digits_split, quiet):
+    task = search.ProxyTask(digits_split, channels=4, epochs=1, batch_size=32)
+    rnd = search.random_search(SPACE, task, Budget(evaluations=3), seed=0)
+    evo = search.regularized_evolution(SPACE, task, Budget(evaluations=4), population_size=3, sample_size=2, seed=0)
+    assert evo.trials[:3] == rnd.trials    # the same architectures, read from the cache with their cost
+    distinct = {t.genotype: t for t in rnd.trials + evo.trials}
+    assert len(distinct) == 4
+    assert sum(t.cost for t in distinct.values()) == pytest.approx(rnd.total_cost + evo.trials[3].cost)
 
 
 def test_mixed_op_is_the_softmax_weighted_sum_of_its_operations():
@@ -147,6 +194,7 @@ def test_darts_search_returns_a_valid_genotype_per_epoch_and_is_cached(digits_sp
     task = search.ProxyTask(digits_split, channels=4)
     history, result = search.darts_search(space, task, Budget(evaluations=2), arch_lr=0.05, batch_size=32)
     assert len(history) == 2 and result["weights_normal"].shape == (2, search.edge_count(2), 4)
+    assert history.unit == "supernet epochs"
     assert all(space.validate(t.genotype) for t in history)
     assert result["genotype"] == history.trials[-1].genotype
     torch.testing.assert_close(result["weights_normal"].sum(-1), torch.ones(2, search.edge_count(2)))

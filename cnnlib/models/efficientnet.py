@@ -17,6 +17,7 @@ torchvision's ``efficientnet_b0`` … ``efficientnet_b7`` (tested).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +46,22 @@ def round_repeats(repeats: int, depth: float = 1.0) -> int:
     return int(math.ceil(repeats * depth))
 
 
+PHI_RANGE = (0.0, 10.0)
+
+
 def compound_multipliers(phi: float, alpha: float = 1.2, beta: float = 1.1,
                          gamma: float = 1.15) -> tuple[float, float, float]:
     """Depth, width and resolution multipliers of compound scaling (Tan & Le 2019, Eq. 3):
-    d = α^φ, w = β^φ, r = γ^φ. The defaults are B0's coefficients from the paper's grid search."""
+    d = α^φ, w = β^φ, r = γ^φ. The defaults are B0's coefficients from the paper's grid search.
+
+    φ must be a finite number in ``PHI_RANGE`` = [0, 10]: compound scaling scales a base
+    network *up*, φ = 0 is the base itself, and φ = 10 already means about 2¹⁰ ≈ 1000× its
+    FLOPs (the released B7's width, 2.0 = 1.1^7.3, corresponds to φ ≈ 7.3)."""
+    lo, hi = PHI_RANGE
+    if isinstance(phi, bool) or not isinstance(phi, numbers.Real) or not lo <= phi <= hi:
+        raise ValueError(f"φ must be a finite number between {lo:g} and {hi:g} (compound scaling "
+                         f"scales the base network up: φ = 0 is the base, each unit of φ about "
+                         f"doubles its FLOPs), got {phi!r}")
     if min(alpha, beta, gamma) < 1:
         raise ValueError(f"compound scaling needs α, β, γ ≥ 1, got {alpha}, {beta}, {gamma}")
     return alpha ** phi, beta ** phi, gamma ** phi
@@ -95,9 +108,14 @@ class SqueezeExcite(nn.Module):
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     """Stochastic depth (Huang et al. 2016) per sample: in training, zero a residual branch for a
     random fraction ``p`` of the batch and scale the rest by 1/(1−p), so the expectation is
-    unchanged; the identity at test time."""
+    unchanged; the identity at test time. ``p = 1`` drops every branch (zeros, as torchvision's
+    ``stochastic_depth``)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability p must be between 0 and 1, got {p}")
     if not training or p == 0.0:
         return x
+    if p == 1.0:
+        return torch.zeros_like(x)
     keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
     return x * keep / (1 - p)
 

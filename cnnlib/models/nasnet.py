@@ -27,6 +27,7 @@ by ReLU → 1×1 conv → BN, so that every hidden state in a cell has the same 
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from dataclasses import dataclass
 
@@ -108,6 +109,8 @@ def make_op(name: str, channels: int, stride: int = 1, affine: bool = True) -> n
     """The module for one of ``OPS`` on ``channels`` channels; ``stride`` 2 halves the size
     (rounding up, the same for every op). ``affine=False`` gives BatchNorm without learnable
     scale and shift, as DARTS uses inside its supernet."""
+    if name not in OPS:
+        raise ValueError(f"unknown operation {name!r}; the NASNet operations are {', '.join(OPS)}")
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     c = channels
@@ -119,7 +122,7 @@ def make_op(name: str, channels: int, stride: int = 1, affine: bool = True) -> n
         return FactorizedConv(c, 7, stride, affine)
     if name == "dil_conv_3x3":
         return ReLUConvBN(c, c, 3, stride, dilation=2, affine=affine)
-    if name.startswith("sep_conv_"):
+    if name.startswith("sep_conv_"):   # sep_conv_3x3, _5x5, _7x7
         return SepConv(c, int(name[-1]), stride, affine)
     if name == "conv_1x1":
         return ReLUConvBN(c, c, 1, stride, affine=affine)
@@ -127,10 +130,8 @@ def make_op(name: str, channels: int, stride: int = 1, affine: bool = True) -> n
         return ReLUConvBN(c, c, 3, stride, affine=affine)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-    if name.startswith("max_pool_"):
-        k = int(name[-1])
-        return nn.MaxPool2d(k, stride, k // 2)
-    raise ValueError(f"unknown operation {name!r}; the NASNet operations are {', '.join(OPS)}")
+    k = int(name[-1])                  # max_pool_3x3, _5x5, _7x7: the last op family left
+    return nn.MaxPool2d(k, stride, k // 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,19 +143,32 @@ def state_name(index: int) -> str:
     return ("h[i-1]", "h[i]")[index] if index < 2 else f"b{index - 2}"
 
 
+def _is_pair(value) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Block:
-    """One block of a cell: ``ops[0](state inputs[0]) ⊕ ops[1](state inputs[1])`` with ⊕ = ``combine``."""
+    """One block of a cell: ``ops[0](state inputs[0]) ⊕ ops[1](state inputs[1])`` with ⊕ = ``combine``.
+
+    ``inputs`` is a pair of state indices (ints), ``ops`` a pair of operation names; anything
+    else is a ``TypeError``, an unknown operation or combiner a ``ValueError``."""
 
     inputs: tuple[int, int]
     ops: tuple[str, str]
     combine: str = "add"
 
     def __post_init__(self):
+        if not _is_pair(self.inputs) or not all(_is_index(i) for i in self.inputs):
+            raise TypeError(f"a block's inputs must be a pair of state indices (ints), got {self.inputs!r}")
+        if not _is_pair(self.ops) or not all(isinstance(op, str) for op in self.ops):
+            raise TypeError(f"a block's ops must be a pair of operation names (str), got {self.ops!r}")
         object.__setattr__(self, "inputs", tuple(int(i) for i in self.inputs))
         object.__setattr__(self, "ops", tuple(self.ops))
-        if len(self.inputs) != 2 or len(self.ops) != 2:
-            raise ValueError(f"a block has exactly two inputs and two operations, got {self.inputs}, {self.ops}")
         for op in self.ops:
             if op not in OPS:
                 raise ValueError(f"unknown operation {op!r}; the NASNet operations are {', '.join(OPS)}")
@@ -166,12 +180,21 @@ class Block:
         return sym.join(f"{op}({state_name(i)})" for op, i in zip(self.ops, self.inputs))
 
 
+def _allowed_inputs(b: int) -> str:
+    """What block ``b`` may read, in words (for error messages)."""
+    if b == 0:
+        return "0 (h[i-1]) or 1 (h[i]); there is no earlier block"
+    if b == 1:
+        return "0 (h[i-1]), 1 (h[i]) or 2 (block 0)"
+    return f"0 (h[i-1]), 1 (h[i]) or an earlier block (2..{b + 1} for blocks 0..{b - 1})"
+
+
 def _check_cell(blocks: tuple[Block, ...], kind: str) -> None:
     for b, block in enumerate(blocks):
         for i in block.inputs:
             if not 0 <= i < 2 + b:
                 raise ValueError(f"{kind} cell, block {b}: input index {i} is out of range; block {b} "
-                                 f"may use 0 (h[i-1]), 1 (h[i]) or an earlier block (2..{b + 1})")
+                                 f"may use {_allowed_inputs(b)}")
 
 
 def unused_blocks(blocks) -> list[int]:
@@ -185,8 +208,9 @@ class Genotype:
     """The choices that define a NASNet-style network: the normal and the reduction cell.
 
     Immutable and hashable (usable as a dict key or cache key); ``str`` prints one block per line.
-    Invalid genotypes (unknown op, input index out of range, cells of different length) raise
-    ``ValueError`` on construction.
+    A cell is a sequence of ``Block``s or of ``(inputs, ops[, combine])`` tuples. Invalid genotypes
+    (unknown op, input index out of range, cells of different length) raise ``ValueError`` on
+    construction, values of the wrong type ``TypeError``.
     """
 
     normal: tuple[Block, ...]
@@ -194,7 +218,11 @@ class Genotype:
 
     def __post_init__(self):
         for kind in ("normal", "reduce"):
-            blocks = tuple(b if isinstance(b, Block) else Block(*b) for b in getattr(self, kind))
+            cell = getattr(self, kind)
+            if not isinstance(cell, (tuple, list)) or not all(isinstance(b, (Block, tuple, list)) for b in cell):
+                raise TypeError(f"the {kind} cell must be a sequence of Blocks or (inputs, ops, combine) "
+                                f"tuples, got {cell!r}")
+            blocks = tuple(b if isinstance(b, Block) else Block(*b) for b in cell)
             object.__setattr__(self, kind, blocks)
             if not blocks:
                 raise ValueError(f"the {kind} cell has no blocks")
@@ -274,13 +302,18 @@ class SearchSpace:
     def __post_init__(self):
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "combiners", tuple(self.combiners))
-        if self.blocks < 1:
-            raise ValueError(f"a cell needs at least one block, got blocks={self.blocks}")
+        if not _is_index(self.blocks) or self.blocks < 1:
+            raise ValueError(f"a cell needs a whole number of blocks, at least one, got blocks={self.blocks!r}")
+        if not self.ops:
+            raise ValueError("the space needs at least one operation")
         for op in self.ops:
             if op not in OPS:
                 raise ValueError(f"unknown operation {op!r}; the NASNet operations are {', '.join(OPS)}")
-        if not self.ops or not self.combiners or set(self.combiners) - set(COMBINERS):
-            raise ValueError(f"ops must be a non-empty subset of OPS and combiners of {COMBINERS}")
+        if not self.combiners:
+            raise ValueError(f"the space needs at least one combiner out of {COMBINERS}")
+        for combine in self.combiners:
+            if combine not in COMBINERS:
+                raise ValueError(f"unknown combiner {combine!r}; the combiners are {COMBINERS}")
 
     def validate(self, genotype: Genotype) -> Genotype:
         """Return ``genotype`` if it lies in this space, else raise a ``ValueError`` saying why."""
@@ -310,15 +343,19 @@ class SearchSpace:
         return Block((rng.randrange(b + 2), rng.randrange(b + 2)),
                      (rng.choice(self.ops), rng.choice(self.ops)), rng.choice(self.combiners))
 
-    def random(self, rng: random.Random) -> Genotype:
-        """A genotype drawn uniformly from the space (each choice independently)."""
+    def random(self, rng: random.Random | int) -> Genotype:
+        """A genotype drawn uniformly from the space (each choice independently); ``rng`` is a
+        ``random.Random`` or an int seed."""
+        rng = as_rng(rng)
         return Genotype(tuple(self._random_block(b, rng) for b in range(self.blocks)),
                         tuple(self._random_block(b, rng) for b in range(self.blocks)))
 
-    def mutate(self, genotype: Genotype, rng: random.Random) -> Genotype:
+    def mutate(self, genotype: Genotype, rng: random.Random | int) -> Genotype:
         """A child that differs from ``genotype`` in exactly one choice (Real et al. 2019, Sec. 3):
         in one cell, one block, either an input ("hidden-state mutation"), an operation ("op
-        mutation") or — if the space has several — the combiner, replaced by a different value."""
+        mutation") or — if the space has several — the combiner, replaced by a different value.
+        ``rng`` is a ``random.Random`` or an int seed."""
+        rng = as_rng(rng)
         self.validate(genotype)
         kind = rng.choice(("normal", "reduce"))
         cell = list(getattr(genotype, kind))
@@ -345,12 +382,21 @@ class SearchSpace:
 NASNET_SPACE = SearchSpace()
 
 
-def random_genotype(rng: random.Random, space: SearchSpace = NASNET_SPACE) -> Genotype:
+def as_rng(rng: random.Random | int) -> random.Random:
+    """``rng`` itself if it is a ``random.Random``, a ``random.Random(rng)`` for an int seed."""
+    if isinstance(rng, random.Random):
+        return rng
+    if _is_index(rng):
+        return random.Random(rng)
+    raise TypeError(f"rng must be a random.Random or an int seed, got {type(rng).__name__} {rng!r}")
+
+
+def random_genotype(rng: random.Random | int, space: SearchSpace = NASNET_SPACE) -> Genotype:
     """A random genotype of ``space`` (the paper's space by default); valid by construction."""
     return space.random(rng)
 
 
-def mutate(genotype: Genotype, rng: random.Random, space: SearchSpace = NASNET_SPACE) -> Genotype:
+def mutate(genotype: Genotype, rng: random.Random | int, space: SearchSpace = NASNET_SPACE) -> Genotype:
     """One random mutation of ``genotype`` inside ``space``; always a different, valid genotype."""
     return space.mutate(genotype, rng)
 
@@ -474,44 +520,53 @@ def _bezier(p0, pc, p1, t: float):
     return tuple((1 - t) ** 2 * a + 2 * (1 - t) * t * c + t ** 2 * b for a, c, b in zip(p0, pc, p1))
 
 
+def _overlap(a, b) -> float:
+    """Overlap area of two rectangles (x0, y0, x1, y1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+WEIGHTED_COLOR, PARAMETER_FREE_COLOR, OUTPUT_COLOR = "#2b6cb0", "#b5651d", "0.55"
+
+
 def draw_cell(genotype: Genotype, kind: str = "normal", ax=None, title: str | None = None):
     """Draw one cell of ``genotype`` as a DAG: the two cell inputs on the left, the blocks on a
-    horizontal chain, operations as labelled arcs (blue: with weights, brown: parameter-free),
-    ``+``/``‖`` for the combiner, and dashed arcs into the concatenated output. Returns the axes."""
+    horizontal chain, each operation as an arrow from its input to its block, coloured and
+    labelled by the operation (blue: with weights, brown: parameter-free), ``+``/``‖`` for the
+    combiner, and dashed grey arrows into the concatenated output ``h[i+1]``. ``h[i-1]``'s
+    arrows arrive at a block from above, ``h[i]``'s from below; every label sits on its arrow
+    where it overlaps no other label. Returns the axes."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
     from matplotlib.path import Path
 
     if kind not in ("normal", "reduce"):
         raise ValueError(f"kind must be 'normal' or 'reduce', got {kind!r}")
     blocks = getattr(genotype, kind)
-    step = 2.0
-    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    step, W, H = 2.4, 1.0, 0.5            # column spacing, box width and height (data units)
+    pos = {0: (0.0, 1.3), 1: (0.0, -1.3)}
     pos.update({b + 2: (step * (b + 1), 0.0) for b in range(len(blocks))})
     out = (step * (len(blocks) + 1), 0.0)
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.5 * len(blocks) + 2.6, 4))
-    box = dict(boxstyle="round,pad=0.35", ec="0.3")
-    colors = {"add": "#fde2c8", "concat": "#e3d7f0"}
-    for s, label in ((0, r"$h_{i-1}$"), (1, r"$h_i$")):
-        ax.text(*pos[s], label, ha="center", va="center", fontsize=10, zorder=3, bbox=dict(fc="#d9e8f5", **box))
+        _, ax = plt.subplots(figsize=(1.7 * len(blocks) + 2.8, 4.4))
+    boxes = []                            # rectangles labels must avoid
+
+    def box(xy, text, color, w=W, h=H):
+        x, y = xy
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.1",
+                                    fc=color, ec="0.3", lw=1, zorder=3))
+        ax.text(x, y, text, ha="center", va="center", fontsize=10, zorder=4)
+        boxes.append((x - w / 2, y - h / 2, x + w / 2, y + h / 2))
+
+    box(pos[0], r"$h_{i-1}$", "#d9e8f5")
+    box(pos[1], r"$h_i$", "#d9e8f5")
     for b, block in enumerate(blocks):
-        ax.text(*pos[b + 2], f"b{b}  " + ("+" if block.combine == "add" else "‖"), ha="center", va="center",
-                fontsize=10, zorder=3, bbox=dict(fc=colors[block.combine], **box))
-    ax.text(*out, "concat\n" + r"$h_{i+1}$", ha="center", va="center", fontsize=10, zorder=3,
-            bbox=dict(fc="#d5efd5", **box))
+        box(pos[b + 2], f"b{b}  " + ("+" if block.combine == "add" else "‖"),
+            "#fde2c8" if block.combine == "add" else "#e3d7f0")
+    box(out, "concat\n" + r"$h_{i+1}$", "#d5efd5", w=1.3, h=0.8)
 
-    extent = [1.0]
-
-    def arc(src, dst, bulge, color, dashed=False):
-        p0, p1 = (src[0] + 0.3, src[1]), (dst[0] - 0.38, dst[1])
-        pc = ((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2 + 2 * bulge)
-        extent.append(abs(_bezier(p0, pc, p1, 0.5)[1]))
-        path = Path([p0, pc, p1], [Path.MOVETO, Path.CURVE3, Path.CURVE3])
-        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=9, color=color,
-                                     lw=0.9 if dashed else 1.1, ls="--" if dashed else "-", zorder=1))
-        return p0, pc, p1
-
+    edges = []   # (source state, exit side, target xy, entry side, entry offset, bulge, label, color)
     for b, block in enumerate(blocks):
         target = pos[b + 2]
         # h[i-1] arrives from above, h[i] from below; a block input takes the side the other input
@@ -524,23 +579,78 @@ def draw_cell(genotype: Genotype, kind: str = "normal", ax=None, title: str | No
                 sides[slot] = -other if other else (+1 if slot == 0 else -1)
         same_side = sides[0] == sides[1]
         for slot, (i, op) in enumerate(zip(block.inputs, block.ops)):
-            src = pos[i]
-            span = (target[0] - src[0]) / step  # columns crossed
-            straight = i >= 2 and span <= 1 and not (same_side and slot == 1)
-            bulge = 0.0 if straight else sides[slot] * (0.25 + 0.22 * span) * (1.7 if same_side and slot else 1)
-            p0, pc, p1 = arc(src, target, bulge, "0.35")
-            x, y = _bezier(p0, pc, p1, 0.5 if straight else (0.55 if same_side and slot else 0.75))
-            if straight:  # an edge between neighbours: label beside the line
-                y += 0.22 * sides[slot]
-            ax.text(x, y, op.replace("_", " "), fontsize=7.5, ha="center", va="center", zorder=2,
-                    color="#7a3e00" if op in PARAMETER_FREE else "#1f4e79",
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.9))
+            span = (target[0] - pos[i][0]) / step  # columns crossed
+            # an arrow from the neighbouring block is straight, unless slot 0 already is
+            straight = i >= 2 and span <= 1 and not (slot == 1 and block.inputs[0] == i)
+            side = 0 if straight else sides[slot]
+            bulge = 0.0 if straight else side * (0.2 + 0.2 * span) * (1.6 if same_side and slot else 1)
+            # two arrows on the same side of a block enter it side by side
+            entry = (-0.22 + 0.44 * slot) * W if same_side else -0.22 * W
+            edges.append((i, 0 if i < 2 else side, target, side, entry, bulge, op,
+                          PARAMETER_FREE_COLOR if op in PARAMETER_FREE else WEIGHTED_COLOR))
     for k, b in enumerate(reversed(unused_blocks(blocks))):
-        src = pos[b + 2]
-        span = (out[0] - src[0]) / step
-        arc(src, out, 0.0 if span <= 1 else (-1) ** k * (0.2 + 0.18 * span), "0.6", dashed=True)
-    ax.set_xlim(-0.7, out[0] + 0.8)
-    ax.set_ylim(-max(extent) - 0.35, max(extent) + 0.35)
+        span = (out[0] - pos[b + 2][0]) / step
+        side = 0 if span <= 1 else (-1) ** k
+        edges.append((b + 2, side, out, side, 0.0, side * (0.15 + 0.15 * span), None, OUTPUT_COLOR))
+
+    # arrows leaving the same edge of a box start at different points, the outermost arc first
+    exits = {}
+    for e, (i, exit_side, *_) in sorted(enumerate(edges), key=lambda e: -abs(e[1][5])):
+        exits.setdefault((i, exit_side), []).append(e)
+    start = {}
+    for (i, exit_side), members in exits.items():
+        x, y = pos[i]
+        for k, e in enumerate(members):
+            f = (k + 0.5) / len(members)              # 0 … 1 along the edge
+            if exit_side == 0 and i < 2:              # a cell input's right edge, top to bottom for h[i-1]
+                start[e] = (x + W / 2, y + (0.35 - 0.7 * f) * H * (1 if i == 0 else -1))
+            elif exit_side == 0:                      # a block's right edge: straight ahead
+                start[e] = (x + W / 2, y)
+            else:                                     # a block's top or bottom edge, left to right
+                start[e] = (x + (0.05 + 0.4 * f) * W, y + exit_side * H / 2)
+
+    curves = []  # (p0, control point, p1, label, color, dashed)
+    for e, (i, _, target, side, entry, bulge, label, color) in enumerate(edges):
+        w, h = (1.3, 0.8) if target == out else (W, H)
+        p1 = (target[0] - w / 2 - 0.02, target[1]) if side == 0 else \
+             (target[0] + entry, target[1] + side * (h / 2 + 0.02))
+        p0 = start[e]
+        pc = ((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2 + 2 * bulge)
+        curves.append((p0, pc, p1, label, color, label is None))
+
+    extent = max(abs(_bezier(p0, pc, p1, 0.5)[1]) for p0, pc, p1, *_ in curves)
+    xlim, ylim = (-0.7, out[0] + 0.8), (-max(extent, 1.6) - 0.3, max(extent, 1.6) + 0.3)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    # data units per typographic point, to size the labels before anything is drawn
+    fig_w, fig_h = ax.figure.get_size_inches()
+    bbox = ax.get_position()
+    per_pt_x = (xlim[1] - xlim[0]) / (bbox.width * fig_w * 72)
+    per_pt_y = (ylim[1] - ylim[0]) / (bbox.height * fig_h * 72)
+    placed = []
+    for p0, pc, p1, label, color, dashed in curves:
+        path = Path([p0, pc, p1], [Path.MOVETO, Path.CURVE3, Path.CURVE3])
+        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=10, color=color,
+                                     lw=1.0 if dashed else 1.3, ls="--" if dashed else "-", zorder=2))
+        if label is None:
+            continue
+        text = label.replace("_", " ")
+        half_w, half_h = (0.3 * 7.5 * len(text) + 3) * per_pt_x, 7 * per_pt_y
+        best = None
+        for t in (0.5, 0.4, 0.6, 0.3, 0.7, 0.25, 0.75, 0.2, 0.8):
+            x, y = _bezier(p0, pc, p1, t)
+            if p0[1] == p1[1] == pc[1]:   # a straight arrow between neighbours: label above it,
+                y += H / 2 + half_h + 0.02  # clear of the boxes
+            rect = (x - half_w, y - half_h, x + half_w, y + half_h)
+            clash = sum(_overlap(rect, r) for r in placed + boxes)
+            if best is None or clash < best[0]:
+                best = (clash, x, y, rect)
+            if clash == 0:
+                break
+        _, x, y, rect = best
+        placed.append(rect)
+        ax.text(x, y, text, fontsize=7.5, ha="center", va="center", zorder=5, color=color,
+                bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none", alpha=0.9))
     ax.axis("off")
     ax.set_title(title or f"{kind} cell", fontsize=11)
     return ax
