@@ -49,6 +49,26 @@ def normalize_map(maps: Tensor, size: tuple[int, int] | None = None) -> Tensor:
     return (maps - lo) / (hi - lo + 1e-7)
 
 
+def _targets(logits: Tensor, target) -> Tensor:
+    """One class index per image: the predicted ones (None), one index for all, or one per image."""
+    if logits.ndim != 2:
+        raise ValueError(f"Grad-CAM explains a class score: the model must output (N, classes); got shape "
+                         f"{tuple(logits.shape)}")
+    n, classes = logits.shape
+    if target is None:
+        return logits.argmax(1)
+    target = torch.as_tensor(target, device=logits.device)
+    if target.ndim > 1 or (target.ndim == 1 and len(target) != n):
+        raise ValueError(f"target must be one class index or one index per image ({n} images); "
+                         f"got shape {tuple(target.shape)}")
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise ValueError(f"target must hold integer class indices; got dtype {target.dtype}")
+    if ((target < 0) | (target >= classes)).any():
+        raise ValueError(f"target classes must be in 0 … {classes - 1} (the model has {classes} outputs); "
+                         f"got {target.tolist()}")
+    return target.expand(n)
+
+
 def grad_cam(model: nn.Module, layer: nn.Module, x: Tensor, target=None,
              size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """Grad-CAM maps of ``layer`` for the class ``target`` (Selvaraju et al. 2017, Eq. 1–2).
@@ -67,9 +87,12 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: Tensor, target=None,
             if not stored:
                 raise ValueError("the chosen layer did not run in model(x); pick a module of the model")
             activations = stored[-1]
-            if target is None:
-                target = logits.argmax(1)
-            target = torch.as_tensor(target, device=logits.device).expand(len(x))
+            if not isinstance(activations, Tensor) or activations.ndim != 4:
+                shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
+                raise ValueError(f"Grad-CAM needs a convolutional layer whose output is a feature map "
+                                 f"(N, C, H, W); the chosen layer outputs {shape} (pick e.g. the last block "
+                                 f"before global pooling)")
+            target = _targets(logits, target)
             score = logits.gather(1, target.view(-1, 1)).sum()  # images are independent in eval mode
             (grads,) = torch.autograd.grad(score, activations)
     finally:
@@ -95,9 +118,15 @@ def overlay(image: Tensor, heat: Tensor, alpha: float = 0.6, cmap: str = "jet") 
 
 def plot_overlays(images: Tensor, maps: Tensor, titles=None, alpha: float = 0.6, axes=None):
     """A row of images (B, C, H, W) in [0, 1] with their maps (B, h, w) overlaid (upsampled and
-    scaled to [0, 1] here); one column per image. Returns the axes."""
+    scaled to [0, 1] here); one column per image. Maps with one channel, (B, 1, h, w) — what
+    ``capture`` records for CBAM's spatial attention — are accepted too. Returns the axes."""
     import matplotlib.pyplot as plt
 
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.ndim != 3 or len(maps) != len(images):
+        raise ValueError(f"maps must be (B, h, w) or (B, 1, h, w) with one map per image ({len(images)} "
+                         f"images); got shape {tuple(maps.shape)}")
     n = len(images)
     if axes is None:
         _, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.9), constrained_layout=True, squeeze=False)

@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -97,6 +98,16 @@ def receptive_field_formula(layers) -> int:
     return r
 
 
+def _unit(out: Tensor, position=None, channel: int | None = None) -> Tensor:
+    """One output unit of a feature map ``out`` (1, C', H', W'): spatial ``position`` (default: the
+    centre), summed over output channels unless ``channel`` is given."""
+    if out.ndim != 4:
+        raise ValueError(f"model must output a feature map (N, C, H, W); got shape {tuple(out.shape)}")
+    h, w = out.shape[-2:]
+    i, j = position if position is not None else (h // 2, w // 2)
+    return out[0, :, i, j] if channel is None else out[0, channel, i, j]
+
+
 def unit_gradient(model: nn.Module, x: Tensor, position=None, channel: int | None = None) -> Tensor:
     """Gradient of one output unit of ``model(x)`` w.r.t. the input, summed over input channels.
 
@@ -105,13 +116,7 @@ def unit_gradient(model: nn.Module, x: Tensor, position=None, channel: int | Non
     This is the *effective* receptive field of Luo et al. (2016) when the weights are real ones.
     """
     x = x.detach().clone().requires_grad_(True)
-    out = model(x)
-    if out.ndim != 4:
-        raise ValueError(f"model must output a feature map (N, C, H, W); got shape {tuple(out.shape)}")
-    h, w = out.shape[-2:]
-    i, j = position if position is not None else (h // 2, w // 2)
-    unit = out[0, :, i, j] if channel is None else out[0, channel, i, j]
-    (grad,) = torch.autograd.grad(unit.sum(), x)
+    (grad,) = torch.autograd.grad(_unit(model(x), position, channel).sum(), x)
     return grad[0].sum(0)
 
 
@@ -120,25 +125,96 @@ _NONLINEAR = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.
               nn.LayerNorm)
 
 
-def _linear_surrogate(model: nn.Module) -> nn.Module:
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _pad_with(fill: Tensor, x: Tensor, left: int, right: int, top: int, bottom: int) -> Tensor:
+    """Zero-pad ``x`` spatially, except that the padded pixels hold ``fill`` (a scalar that is 0 but
+    has a gradient): the unit's gradient w.r.t. ``fill`` says whether its field reaches the padding."""
+    sides = (left, right, top, bottom)
+    return F.pad(x, sides) + fill * F.pad(torch.zeros_like(x), sides, value=1.0)
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding of ``conv``, as ``F.pad`` orders it."""
+    if conv.padding == "valid":
+        return 0, 0, 0, 0
+    if conv.padding == "same":  # PyTorch puts the odd pixel of an even total on the right/bottom
+        (th, tw) = (d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size))
+        return tw // 2, tw - tw // 2, th // 2, th - th // 2
+    ph, pw = conv.padding
+    return pw, pw, ph, ph
+
+
+class _PaddedAvgPool(nn.Module):
+    """Average pooling over explicitly padded input (see ``_pad_with``): the surrogate's stand-in for
+    max- and average pooling. Windows that ``ceil_mode`` lets hang over the edge read padding too."""
+
+    def __init__(self, pool: nn.Module, fill: Tensor):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = (_pair(v) for v in (pool.kernel_size, pool.stride,
+                                                                        pool.padding))
+        self.ceil_mode, self.fill = pool.ceil_mode, fill
+
+    def forward(self, x: Tensor) -> Tensor:
+        sides = []
+        for n, k, s, p in zip(x.shape[-2:], self.kernel_size, self.stride, self.padding):
+            out = -(-(n + 2 * p - k) // s) + 1 if self.ceil_mode else (n + 2 * p - k) // s + 1
+            if self.ceil_mode and (out - 1) * s >= n + p:  # the last window starts inside (PyTorch's rule)
+                out -= 1
+            sides.append((p, max(p, (out - 1) * s + k - n - p)))
+        (top, bottom), (left, right) = sides
+        return F.avg_pool2d(_pad_with(self.fill, x, left, right, top, bottom), self.kernel_size, self.stride)
+
+
+def _linear_surrogate(model: nn.Module) -> tuple[nn.Module, Tensor]:
     """A copy of ``model`` whose every path passes signal: positive uniform kernels, zero biases,
-    max-pooling replaced by average pooling, activations and normalization by the identity.
-    Its input gradient is non-zero exactly on the theoretical receptive field."""
+    max- and average pooling by average pooling, activations and normalization by the identity.
+    Its input gradient is non-zero exactly on the theoretical receptive field.
+
+    The zero padding of every convolution and pooling is made explicit, filled with the returned
+    scalar ``fill`` (= 0): a unit's gradient w.r.t. ``fill`` is non-zero exactly when some path of its
+    field leaves the input, so a field cut off by the border is detected even where the field has
+    holes (a dilated stack's grid) at the border."""
     m = copy.deepcopy(model).eval().double()
+    fill = torch.zeros((), dtype=torch.float64, device=next(m.parameters()).device, requires_grad=True)
     for parent in list(m.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, _NONLINEAR):
                 setattr(parent, name, nn.Identity())
-            elif isinstance(child, nn.MaxPool2d):
-                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
-                                                   ceil_mode=child.ceil_mode))
+            elif isinstance(child, (nn.MaxPool2d, nn.AvgPool2d)):
+                setattr(parent, name, _PaddedAvgPool(child, fill))
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, (nn.Conv2d, nn.Linear)):
                 mod.weight.fill_(1.0 / mod.weight[0].numel())
                 if mod.bias is not None:
                     mod.bias.zero_()
-    return m
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d) and mod.padding_mode == "zeros":
+            sides = _conv_padding(mod)
+            mod.padding = (0, 0)
+            mod.register_forward_pre_hook(lambda _m, args, sides=sides: (_pad_with(fill, args[0], *sides),))
+    return m, fill
+
+
+def _field(surrogate: nn.Module, fill: Tensor, input_size, position=None) -> tuple[int, int] | None:
+    """Height and width of the unit's field in an input of ``input_size``, or None where the field
+    does not fit (it reaches past the border into the padding, or touches the border)."""
+    x = torch.ones(tuple(input_size), dtype=torch.float64, device=fill.device, requires_grad=True)
+    grad, grad_fill = torch.autograd.grad(_unit(surrogate(x), position).sum(), (x, fill), allow_unused=True)
+    support = grad[0].sum(0) != 0
+    rows = support.any(1).nonzero().flatten()
+    cols = support.any(0).nonzero().flatten()
+    if len(rows) == 0:
+        raise ValueError("the unit's gradient is zero everywhere; is the model a feature extractor?")
+    h, w = support.shape
+    outside = grad_fill is not None and grad_fill.item() != 0
+    # touching the border is a conservative check for padding the surrogate cannot see (F.pad in a forward)
+    if outside or rows[0] == 0 or cols[0] == 0 or rows[-1] == h - 1 or cols[-1] == w - 1:
+        return None
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
 
 def receptive_field(model: nn.Module, input_size=(1, 3, 224, 224), position=None) -> tuple[int, int]:
@@ -146,19 +222,31 @@ def receptive_field(model: nn.Module, input_size=(1, 3, 224, 224), position=None
 
     Works for any convolutional feature extractor (branches and concatenations included):
     the gradient of one unit of a positive linear surrogate of the network is non-zero exactly
-    on the input pixels that can influence it. Raises if the field reaches the input border
-    (then the input is too small to measure it).
+    on the input pixels that can influence it. The field must lie inside the input, clear of its
+    border; if it does not, the error says how large an input is (found by measuring on larger
+    ones). Deformable layers are rejected: their field moves with the input (their offsets).
     """
-    surrogate = _linear_surrogate(model)
-    x = torch.ones(tuple(input_size), dtype=torch.float64,
-                   device=next(surrogate.parameters()).device)
-    support = unit_gradient(surrogate, x, position) != 0
-    rows = support.any(1).nonzero().flatten()
-    cols = support.any(0).nonzero().flatten()
-    if len(rows) == 0:
-        raise ValueError("the unit's gradient is zero everywhere; is the model a feature extractor?")
-    h, w = support.shape
-    if rows[0] == 0 or cols[0] == 0 or rows[-1] == h - 1 or cols[-1] == w - 1:
-        raise ValueError(f"the receptive field reaches the border of the {h}×{w} input; "
-                         f"measure it on a larger input_size")
-    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    from .models.layers import DeformConv2d
+
+    if any(isinstance(m, DeformConv2d) for m in model.modules()):
+        raise TypeError("receptive_field is not supported for deformable layers (DeformConv2d): their "
+                        "field depends on the input, through the offsets; use unit_gradient(model, x) "
+                        "for the field of one input")
+    surrogate, fill = _linear_surrogate(model)
+    field = _field(surrogate, fill, input_size, position)
+    if field is not None:
+        return field
+    *lead, h, w = input_size
+    where = f"the unit at {tuple(position)}" if position is not None else "the centre unit"
+    message = (f"the input is too small: the receptive field of {where} does not fit inside the {h}×{w} "
+               f"input (it reaches the border or past it, into the padding)")
+    size = (h, w)
+    for _ in range(4):                         # up to 16× larger, centre unit
+        size = (2 * size[0] + 1, 2 * size[1] + 1)
+        larger = _field(surrogate, fill, (*lead, *size))
+        if larger is not None:
+            raise ValueError(f"{message}; the field is {larger[0]}×{larger[1]} (measured at the centre "
+                             f"of a {size[0]}×{size[1]} input), so the input must be larger than that, "
+                             f"e.g. input_size={(*lead, *size)}")
+    raise ValueError(f"{message}; it does not fit in a {size[0]}×{size[1]} input either: measure it on a "
+                     f"larger input_size")

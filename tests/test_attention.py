@@ -59,8 +59,12 @@ def test_attention_maps_are_in_the_unit_interval_and_modules_keep_the_shape():
 
 
 def test_invalid_settings_are_clear_errors():
-    with pytest.raises(ValueError, match="reduction ratio r"):
+    with pytest.raises(ValueError, match="reduction ratio r must be an integer of at least 1"):
         SqueezeExcitation(16, reduction=0)
+    with pytest.raises(ValueError, match="reduction ratio r must be an integer.*got 1.5"):
+        SqueezeExcitation(16, 1.5)
+    with pytest.raises(ValueError, match="reduction ratio r must be an integer.*got 2.0"):
+        CBAM(16, reduction=2.0)
     with pytest.raises(ValueError, match="odd"):
         SpatialAttention(kernel_size=4)
 

@@ -151,6 +151,27 @@ def test_invalid_configurations_are_clear_errors():
         deform_conv2d(x, torch.zeros(1, 18, 6, 6), w)        # no padding: the output is 4×4
     with pytest.raises(ValueError, match="mask must have shape"):
         deform_conv2d(x, torch.zeros(1, 18, 4, 4), w, mask=torch.ones(1, 8, 4, 4))
+    with pytest.raises(ValueError, match="kernel_size, stride and dilation must be at least 1"):
+        DeformConv2d(4, 6, 0)
+    with pytest.raises(ValueError, match="kernel must be at least 1×1"):
+        deform_conv2d(x, torch.zeros(1, 0, 6, 6), torch.randn(2, 4, 0, 3))
+    with pytest.raises(ValueError, match="works on batches.*x\\[None\\]"):
+        deform_conv2d(x[0], torch.zeros(1, 18, 4, 4), w)     # one image without its batch axis
+
+
+@pytest.mark.parametrize("op", ["readable", "torchvision"])
+def test_an_image_without_a_batch_axis_is_a_clear_error(op):
+    m = DeformConv2d(4, 6, 3, padding=1, op=op)
+    with pytest.raises(ValueError, match="works on batches \\(N, C, H, W\\); got shape \\(4, 8, 8\\)"):
+        m(torch.randn(4, 8, 8))
+    assert m(torch.randn(4, 8, 8)[None]).shape == (1, 6, 8, 8)
+
+
+def test_receptive_field_refuses_deformable_layers():
+    # the linear surrogate would give the offset branch positive weights and report a meaningless field
+    stack = nn.Sequential(DeformConv2d(1, 1, 3, padding=1), DeformConv2d(1, 1, 3, padding=1))
+    with pytest.raises(TypeError, match="not supported for deformable layers.*depends on the input"):
+        measure.receptive_field(stack, (1, 1, 41, 41))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])

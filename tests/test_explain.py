@@ -1,9 +1,12 @@
 """Grad-CAM against the `grad-cam` package, and recording attention maps."""
 from functools import partial
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import pytorch_grad_cam  # the dev dependency: a missing package must fail this file, not skip it
 import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cnnlib import explain, models
 from cnnlib.models.layers import CBAM, SqueezeExcitation
@@ -28,9 +31,6 @@ def _images(n=6, size=32, seed=1):
 @pytest.mark.parametrize("layer_index", [-1, 1])
 @pytest.mark.parametrize("use_target", [False, True])
 def test_grad_cam_equals_the_grad_cam_package(net, layer_index, use_target):
-    pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     x = _images()
     layer = net.blocks[layer_index]
     targets = [3, 7, 0, 9, 5, 3] if use_target else None
@@ -64,6 +64,25 @@ def test_grad_cam_restores_the_training_mode_and_rejects_a_foreign_layer(net):
         explain.grad_cam(net, torch.nn.Conv2d(3, 3, 1), _images(2))
 
 
+@pytest.mark.parametrize("layer", ["head", "head[-1]"])
+def test_grad_cam_on_a_layer_without_a_feature_map_is_a_clear_error(net, layer):
+    with pytest.raises(ValueError, match="convolutional layer whose output is a feature map \\(N, C, H, W\\)"
+                                         ".*outputs \\(3, 10\\)"):
+        explain.grad_cam(net, eval(f"net.{layer}"), _images(3))
+
+
+@pytest.mark.parametrize("target,message", [([1, 2], "one index per image \\(3 images\\); got shape \\(2,\\)"),
+                                            (12, "must be in 0 … 9.*got 12"),
+                                            (-1, "must be in 0 … 9.*got -1"),
+                                            ([1, 10, 2], "must be in 0 … 9.*got \\[1, 10, 2\\]"),
+                                            (2.0, "integer class indices")])
+def test_grad_cam_rejects_targets_that_are_not_one_class_per_image(net, target, message):
+    with pytest.raises(ValueError, match=message):
+        explain.grad_cam(net, net.blocks[-1], _images(3), target=target)
+    maps, used = explain.grad_cam(net, net.blocks[-1], _images(3), target=[1, 9, 0])
+    assert maps.shape == (3, 8, 8) and used.tolist() == [1, 9, 0]
+
+
 def test_capture_records_se_channel_weights_and_cbam_spatial_maps():
     torch.manual_seed(0)
     se_net = models.create("resnet_cifar", depth=8, attention=SqueezeExcitation).eval()
@@ -85,3 +104,14 @@ def test_normalize_and_overlay():
     assert np.allclose(explain.overlay(image, n[0], alpha=0.0), image.permute(1, 2, 0).numpy())
     blended = explain.overlay(image[:1], n[0], alpha=0.5)
     assert blended.shape == (4, 4, 3) and 0 <= blended.min() and blended.max() <= 1
+
+
+def test_plot_overlays_takes_cbam_spatial_maps_with_their_channel_axis():
+    images, maps = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 4, 4)   # (B, 1, h, w), as capture records them
+    with_channel = explain.plot_overlays(images, maps)
+    without = explain.plot_overlays(images, maps[:, 0])
+    for a, b in zip(with_channel, without):
+        np.testing.assert_array_equal(a.images[0].get_array(), b.images[0].get_array())
+    with pytest.raises(ValueError, match="maps must be \\(B, h, w\\) or \\(B, 1, h, w\\)"):
+        explain.plot_overlays(images, torch.rand(3, 2, 4, 4))
+    plt.close("all")

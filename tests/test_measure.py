@@ -45,8 +45,41 @@ def test_receptive_field_through_branches_takes_the_widest_path():
 
 
 def test_receptive_field_on_too_small_an_input_is_a_clear_error():
-    with pytest.raises(ValueError, match="reaches the border"):
+    with pytest.raises(ValueError, match="too small.*the field is 7×7"):
         measure.receptive_field(nn.Conv2d(1, 1, 7, padding=3), (1, 1, 5, 5))
+
+
+def _dilated_stack(dilation, n):
+    return nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=dilation, dilation=dilation) for _ in range(n)])
+
+
+@pytest.mark.parametrize("dilation,n,field,small,large", [(2, 4, 17, 15, 35), (2, 4, 17, 17, 19),
+                                                          (4, 3, 25, 20, 41)])
+def test_a_gridded_field_cut_off_by_the_border_is_an_error_not_a_smaller_field(dilation, n, field, small,
+                                                                               large):
+    # one dilation everywhere reads every d-th pixel: the field's outer rows can fall into the padding
+    # while the rows at the border are holes, so the support alone does not show the cut
+    stack = _dilated_stack(dilation, n)
+    assert measure.receptive_field_formula([(3, 1, dilation)] * n) == field
+    with pytest.raises(ValueError, match=f"input is too small.*{small}×{small} input.*the field is "
+                                         f"{field}×{field}.*input_size=\\(1, 1, \\d+, \\d+\\)"):
+        measure.receptive_field(stack, (1, 1, small, small))
+    assert measure.receptive_field(stack, (1, 1, large, large)) == (field, field)
+
+
+def test_the_suggested_input_size_is_large_enough():
+    stack = _dilated_stack(4, 3)
+    with pytest.raises(ValueError) as error:
+        measure.receptive_field(stack, (1, 1, 20, 20))
+    suggested = eval(str(error.value).rsplit("input_size=", 1)[1])
+    assert measure.receptive_field(stack, suggested) == (25, 25)
+
+
+def test_padded_ceil_mode_pooling_keeps_the_field_and_the_error():
+    pool = nn.Sequential(nn.Conv2d(1, 1, 3, padding=2, dilation=2), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True))
+    assert measure.receptive_field(pool, (1, 1, 21, 21)) == (7, 7)
+    with pytest.raises(ValueError, match="too small"):
+        measure.receptive_field(pool, (1, 1, 6, 6))
 
 
 def test_count_params_and_forward_time():

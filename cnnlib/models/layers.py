@@ -164,9 +164,16 @@ def deform_conv2d(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None
     follow from ``weight`` (``C_in / weight.shape[1]``); the offset groups (input channels that
     share one offset field) from ``offset`` (``offset.shape[1] / 2K``).
     """
+    if x.ndim != 4 or offset.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"deform_conv2d works on batches: x (N, C, H, W), offset (N, 2·G·K, H_out, W_out) "
+                         f"and weight (C_out, C_in/groups, kh, kw) must be 4-D; got x {tuple(x.shape)}, "
+                         f"offset {tuple(offset.shape)}, weight {tuple(weight.shape)} (for one image "
+                         f"use x[None])")
     b, c, h, w = x.shape
     c_out, c_per_group, kh, kw = weight.shape
     k = kh * kw
+    if k == 0:
+        raise ValueError(f"the kernel must be at least 1×1; weight has shape {tuple(weight.shape)}")
     (sh, sw), (ph, pw), (dh, dw) = map(_pair, (stride, padding, dilation))
     h_out, w_out = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
     if c % c_per_group or c_out % (c // c_per_group):
@@ -225,6 +232,9 @@ class DeformConv2d(nn.Module):
             raise ValueError(f"offset_groups={offset_groups} must divide in_channels={in_channels}")
         if op not in DEFORM_OPS:
             raise ValueError(f"op={op!r} is not an implementation; choose one of {DEFORM_OPS}")
+        if min(_pair(kernel_size) + _pair(stride) + _pair(dilation)) < 1:
+            raise ValueError(f"kernel_size, stride and dilation must be at least 1; got kernel_size="
+                             f"{kernel_size}, stride={stride}, dilation={dilation}")
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         self.groups, self.offset_groups = groups, offset_groups
@@ -259,6 +269,9 @@ class DeformConv2d(nn.Module):
         return deform_sampling_points(offset, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"DeformConv2d works on batches (N, C, H, W); got shape {tuple(x.shape)} "
+                             f"(for one image use x[None])")
         offset, mask = self.offsets(x)
         if self.op == "torchvision":
             from torchvision.ops import deform_conv2d as conv
@@ -282,8 +295,9 @@ class DeformConv2d(nn.Module):
 
 def _bottleneck_mlp(channels: int, reduction: int) -> nn.Sequential:
     """C → C/r → ReLU → C as 1×1 convolutions (fully connected layers on a (B, C, 1, 1) tensor)."""
-    if reduction < 1:
-        raise ValueError(f"reduction ratio r must be at least 1, got {reduction}")
+    if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        raise ValueError(f"reduction ratio r must be an integer of at least 1 (the hidden layer has C // r "
+                         f"units), got {reduction!r}")
     hidden = max(1, channels // reduction)
     return nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
                          nn.Conv2d(hidden, channels, 1))
