@@ -76,6 +76,18 @@ def parameters(point, model: nn.Module) -> Point:
     return {k: p[k] for k, _ in model.named_parameters()}
 
 
+def _training_data(data) -> tuple[Tensor, Tensor, str, dict | None]:
+    """``(x, y, fingerprint, augmentation)`` of the training split of an ``ImageData`` or of an
+    ``(x, y)`` pair; ``augmentation`` holds the data's flip and pad settings, ``None`` for a pair
+    (which does not say which flips and shifts keep its labels)."""
+    from .data import ImageData
+
+    if isinstance(data, ImageData):
+        return data.x_train, data.y_train, data.fingerprint(), dict(flip=data.flip, pad=data.pad)
+    x, y = landscape._eval_tensors(data, "train")
+    return x, y, landscape._digest(x, y), None
+
+
 def _digest(*points: Mapping[str, Tensor]) -> str:
     """A short hash of the contents of points (for cache keys)."""
     h = hashlib.sha1()
@@ -288,9 +300,15 @@ def evaluate_path(model: nn.Module, path: Path, data, t=11, *, splits=SPLITS,
     """
     from .data import ImageData
 
+    if np.ndim(t) == 0 and int(t) < 2:
+        raise ValueError(f"a path is evaluated at 2 or more evenly spaced positions (its two ends "
+                         f"at least), got t={t}")
     ts = np.linspace(0, 1, int(t)) if np.ndim(t) == 0 else np.asarray(t, dtype=np.float64)
+    if ts.ndim != 1 or len(ts) == 0:
+        raise ValueError(f"t must be a number of positions or a 1D sequence of positions in "
+                         f"[0, 1], got an array of shape {ts.shape}")
     if not isinstance(data, ImageData):
-        splits, data = ("train",), (data[0], data[1])
+        splits, data = ("train",), landscape._eval_tensors(data, "train")
     for s in splits:
         if s not in SPLITS:
             raise ValueError(f"splits must be among {SPLITS}, got {s!r}")
@@ -316,7 +334,7 @@ def plot_profiles(profiles: Sequence[PathProfile] | Mapping[str, PathProfile],
     import matplotlib.pyplot as plt
 
     items = list(profiles.items()) if isinstance(profiles, Mapping) else [(p.label, p) for p in profiles]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3 + 0.2 * len(items)), constrained_layout=True)
     for i, (name, prof) in enumerate(items):
         color = f"C{i}"
         b_loss = prof.barrier("loss", loss_split)
@@ -328,9 +346,9 @@ def plot_profiles(profiles: Sequence[PathProfile] | Mapping[str, PathProfile],
     axes[0].set(xlabel="t", ylabel=f"{loss_split} loss", title=f"{loss_split} loss along the path")
     axes[1].set(xlabel="t", ylabel=f"{error_split} error (%)",
                 title=f"{error_split} error along the path")
-    for ax in axes:
+    for ax in axes:  # legends below the axes, where they cannot hide a peak of a curve
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     if title:
         fig.suptitle(title)
     return fig
@@ -343,7 +361,7 @@ def plot_profiles(profiles: Sequence[PathProfile] | Mapping[str, PathProfile],
 
 def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: int = 10,
                 lr: float = 0.05, batch_size: int = 128, momentum: float = 0.9,
-                weight_decay: float = 5e-4, warmup: float = 0.1, augment_data: bool = True,
+                weight_decay: float = 5e-4, warmup: float = 0.1, augment_data: bool | None = None,
                 bend=None, seed: int = 0, progress: bool | None = None, desc: str | None = None,
                 cache: bool = True) -> Path:
     """Train the bend θ_c of a curve between two fixed networks (Garipov et al. 2018).
@@ -357,9 +375,12 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
     BatchNorm layers normalize with the batch statistics during this training, as in ordinary
     training; evaluate the curve with ``bn="recompute"``. The optimizer and schedule are
     ``fit``'s (SGD + Nesterov momentum, warm-up and cosine decay, weight decay on weights only,
-    the same augmentation). Only parameters move; a bend's BatchNorm buffers stay at their
-    starting value. Returns the curve as a ``Path`` with the mean training loss of every epoch in
-    ``path.meta["history"]``; cached on disk like ``fit``.
+    the same augmentation). ``data`` is an ``ImageData`` (its training split, augmented as it
+    says unless ``augment_data=False``) or an ``(x, y)`` pair of training tensors (used as they
+    are: a pair does not say which flips and shifts keep its labels). Only parameters move; a
+    bend's BatchNorm buffers stay at their starting value. Returns the curve as a ``Path`` with
+    the mean training loss of every epoch in ``path.meta["history"]``; cached on disk like
+    ``fit``.
     """
     from . import cache as _cache
     from . import profile as _profile
@@ -370,6 +391,12 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
         raise ValueError(f"kind must be one of {CURVE_KINDS} (a trainable curve), got {kind!r}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    x, y, fingerprint, augmentation = _training_data(data)
+    if augment_data is None:
+        augment_data = augmentation is not None
+    elif augment_data and augmentation is None:
+        raise ValueError("augment_data=True needs an ImageData, which says which flips and shifts "
+                         "keep the labels; an (x, y) pair does not — pass augment_data=False")
     pa, pb = _point(a), _point(b)
     if pa.keys() != pb.keys():
         raise ValueError("the two ends do not have the same parameter names")
@@ -383,10 +410,10 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
                  weight_decay=weight_decay, warmup=warmup, augment_data=augment_data, seed=seed)
 
     def compute() -> dict:
-        net = copy.deepcopy(model).to(data.device).train()
-        theta = {k: start_bend[k].detach().clone().to(data.device).requires_grad_(True)
+        net = copy.deepcopy(model).to(x.device).train()
+        theta = {k: start_bend[k].detach().clone().to(x.device).requires_grad_(True)
                  for k in names}
-        ends = [{k: p[k].to(data.device) for k in names} for p in (pa, pb)]
+        ends = [{k: p[k].to(x.device) for k in names} for p in (pa, pb)]
         decay = [p for p in theta.values() if p.ndim > 1]
         rest = [p for p in theta.values() if p.ndim <= 1]
         opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
@@ -394,7 +421,6 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
                               lr=lr, momentum=momentum, nesterov=momentum > 0)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        x, y = data.x_train, data.y_train
         steps = max(1, len(x) // batch_size)
         total, step, history = epochs * steps, 0, []
         from tqdm.auto import tqdm
@@ -404,7 +430,7 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
             loss_sum, seen = 0.0, 0
             for xb, yb in batches(x, y, batch_size, shuffle=True, generator=gen, drop_last=True):
                 if augment_data:
-                    xb = augment(xb, flip=data.flip, pad=data.pad, generator=gen)
+                    xb = augment(xb, generator=gen, **augmentation)
                 t = float(torch.rand((), generator=gen))
                 w = (bezier_coefficients(t)[0] if kind == "bezier"
                      else chain_coefficients(t, [0.0, 0.5, 1.0])[0])
@@ -427,8 +453,8 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
         return {"bend": bend_point, "history": history}
 
     if cache and _cache.cache_dir() is not None:
-        config = ("curve", repr(model), _digest(pa, pb, start_bend), data.fingerprint(),
-                  str(data.device.type), hyper)
+        config = ("curve", repr(model), _digest(pa, pb, start_bend), fingerprint,
+                  str(x.device.type), hyper)
         entry = _cache.cached("curve", config, compute)
     else:
         entry = compute()
@@ -785,6 +811,7 @@ def neb_path(model: nn.Module, a, b, data, *, pivots: int = 3, cycles: int = 4,
              seed: int = 0, strategy: str = "auto", cache: bool = True) -> Path:
     """AutoNEB between two trained networks on their training loss (Draxler et al. 2018).
 
+    ``data`` is an ``ImageData`` (its training split) or an ``(x, y)`` pair of training tensors.
     Runs ``auto_neb`` on the parameters with ``network_energy``'s stochastic energy and returns
     the resulting chain as a ``Path`` (``kind="chain"``, knots at the pivots' arc length) whose
     ``meta`` holds the pivots' energies, the saddle energy on the evaluation set and the cycle
@@ -812,7 +839,7 @@ def neb_path(model: nn.Module, a, b, data, *, pivots: int = 3, cycles: int = 4,
                 "saddle_energy": res.saddle_energy, "history": res.history}
 
     if cache and _cache.cache_dir() is not None:
-        config = ("neb", repr(model), _digest(pa, pb), data.fingerprint(), hyper)
+        config = ("neb", repr(model), _digest(pa, pb), _training_data(data)[2], hyper)
         entry = _cache.cached("neb", config, compute)
     else:
         entry = compute()
@@ -1176,6 +1203,19 @@ def match_units(wa: Tensor, wb: Tensor) -> Tensor:
     return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
 
 
+def _check_same_architecture(points: Mapping[str, Point], rule: str) -> None:
+    """Weight matching pairs the units of networks of one architecture: the names two points
+    share must have the same shapes. ``points`` maps a label ("A", "B", ...) to a point."""
+    (first, ref), *others = points.items()
+    for label, point in others:
+        shapes = [k for k in sorted(ref) if k in point and ref[k].shape != point[k].shape]
+        if shapes:
+            where = "; ".join(f"{k!r} is {tuple(ref[k].shape)} in {first}, "
+                              f"{tuple(point[k].shape)} in {label}" for k in shapes[:3])
+            more = f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""
+            raise ValueError(f"{rule} (the same widths); shapes differ: {where}{more}")
+
+
 def weight_matching(a, b, spec: PermutationSpec, *, max_iter: int = 100, seed: int = 0,
                     init: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Permute network B's hidden units to match network A's weights (Ainsworth et al. 2023,
@@ -1189,6 +1229,13 @@ def weight_matching(a, b, spec: PermutationSpec, *, max_iter: int = 100, seed: i
     """
     pa = {k: v.double() for k, v in _point(a).items() if k in spec.params}
     pb = {k: v.double() for k, v in _point(b).items() if k in spec.params}
+    only = sorted(pa.keys() ^ pb.keys())
+    if only:
+        where = ", ".join(f"{k!r} only in {'A' if k in pa else 'B'}" for k in only[:3])
+        raise ValueError(f"weight matching needs two networks of one architecture; their "
+                         f"parameter names differ: {where}")
+    _check_same_architecture({"A": pa, "B": pb}, "weight matching needs two networks of one "
+                                                 "architecture")
     perms = dict(init) if init is not None else identity_permutation(spec)
     perms = {k: torch.as_tensor(v, dtype=torch.long).clone() for k, v in perms.items()}
     by_name: dict = {}
@@ -1234,8 +1281,11 @@ def align(model: nn.Module, a, b, example: Tensor, **options) -> tuple[Point, di
     """``(b_aligned, perms)``: network B's point with its hidden units permuted to match A's
     (``permutation_spec`` of ``model`` + ``weight_matching``). The aligned point computes the
     same function as B; only its position in weight space changes."""
+    pa, pb = _point(a), _point(b)
+    _check_same_architecture({"the model": _point(model), "A": pa, "B": pb},
+                             "align needs two networks of the model's architecture")
     spec = permutation_spec(model, example)
-    perms = weight_matching(a, b, spec, **options)
+    perms = weight_matching(pa, pb, spec, **options)
     return permute(b, spec, perms), perms
 
 

@@ -71,6 +71,7 @@ NORMS = ("filter", "layer", "none")
 BIAS_BN = ("zero", "include")
 BN_MODES = ("keep", "recompute")
 STRATEGIES = ("auto", "loop", "vmap")
+METRICS = ("loss", "acc", "error")
 EPS = 1e-10
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +265,12 @@ def pca_directions(trajectory: Sequence, center=None, buffers: bool = False) -> 
     keys = list(center_point)
     rows = torch.stack([torch.cat([(p[k] - center_point[k]).double().flatten() for k in keys])
                         for p in points])
-    _, s, vh = torch.linalg.svd(rows - rows.mean(0), full_matrices=False)
+    spread = rows - rows.mean(0)
+    if not spread.abs().max() > 1e-12 * max(1.0, float(rows.abs().max())):
+        raise ValueError(f"the {len(points)} checkpoints are all the same point: a trajectory "
+                         f"that never moves has no principal directions (pass checkpoints "
+                         f"saved at different times of training)")
+    _, s, vh = torch.linalg.svd(spread, full_matrices=False)
     var = (s ** 2) / (s ** 2).sum()
     dirs = []
     for comp in vh[:2]:
@@ -372,6 +378,11 @@ def _eval_tensors(data, split: str) -> tuple[Tensor, Tensor]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         return getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        what = (f"a tensor of shape {tuple(data.shape)}" if isinstance(data, Tensor)
+                else type(data).__name__)
+        raise ValueError(f"the evaluation data must be an (inputs, targets) pair or an ImageData, "
+                         f"got {what}: a loss needs the targets too")
     x, y = data
     if len(x) != len(y):
         raise ValueError(f"{len(x)} inputs but {len(y)} targets")
@@ -701,6 +712,20 @@ def _evaluate_vmap(model, state, directions, coords, x, y, loss_fn, bn_x, batch_
 # --------------------------------------------------------------------------------------------
 
 
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS} ('acc' is the accuracy), got {metric!r}")
+
+
+def _contour_levels(lo: float, hi: float, levels: int = 20) -> np.ndarray:
+    """About ``levels`` contour levels at round values (steps of 1, 2, 2.5 or 5 times a power of
+    ten) from the first at or below ``lo`` to the first at or above ``hi``, so that the ticks of
+    a colour bar, which sit on the levels, read as round numbers."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(nbins=levels, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+
+
 @dataclass
 class Surface:
     """Loss and accuracy on a 1D line (``betas is None``) or a 2D grid.
@@ -772,8 +797,7 @@ class Surface:
 
     def values(self, metric: str = "loss", log: bool = False) -> np.ndarray:
         """``loss``, ``acc`` or ``error`` values, as log10 if ``log``."""
-        if metric not in ("loss", "acc", "error"):
-            raise ValueError(f"metric must be 'loss', 'acc' or 'error', got {metric!r}")
+        _check_metric(metric)
         v = {"loss": self.loss, "acc": self.acc, "error": self.error}[metric]
         return np.log10(np.maximum(v, 1e-12)) if log else v
 
@@ -781,11 +805,13 @@ class Surface:
              vmin: float | None = None, vmax: float | None = None, levels: int = 20,
              title: str | None = None, colorbar: bool = True):
         """Draw the surface: ``"curve"`` (1D: loss and accuracy), ``"contour"``, ``"filled"``
-        (filled contours) or ``"surface"`` (3D). ``log`` plots log10 of the metric (a curve gets a
-        logarithmic axis instead); ``vmin`` and ``vmax`` (in plotted units) fix the colour scale
-        so several plots can share it. Returns the matplotlib axes."""
+        (filled contours) or ``"surface"`` (3D) of ``metric`` (one of ``METRICS``; a curve shows
+        loss and accuracy). ``log`` plots log10 of the metric (a curve gets a logarithmic axis
+        instead); ``vmin`` and ``vmax`` (in plotted units) fix the colour scale so several plots
+        can share it; contour levels fall on round values. Returns the matplotlib axes."""
         import matplotlib.pyplot as plt
 
+        _check_metric(metric)
         kind = kind or ("curve" if self.ndim == 1 else "contour")
         kinds = ("curve",) if self.ndim == 1 else ("contour", "filled", "surface")
         if kind not in kinds:
@@ -827,7 +853,7 @@ class Surface:
             return ax
         if ax is None:
             _, ax = plt.subplots(figsize=(4.8, 4), constrained_layout=True)
-        lv = np.linspace(lo, hi, levels + 1)
+        lv = _contour_levels(lo, hi, levels)
         if kind == "filled":
             cs = ax.contourf(X, Y, Zc, levels=lv, cmap="viridis", vmin=lo, vmax=hi)
         else:
@@ -915,14 +941,18 @@ def surface(model: nn.Module, data, directions, alphas, betas=None, *, center=No
             loss_fn: Callable | None = None, split: str = "train", bn: str = "keep",
             bn_data=None, strategy: str = "auto", batch_size: int | None = None,
             memory_budget: int | None = None, cache: bool = False,
-            progress: bool | None = None, label: str = "", meta: dict | None = None) -> Surface:
+            progress: bool | None = None, announce: bool | None = None, label: str = "",
+            meta: dict | None = None) -> Surface:
     """Evaluate ``L(θ* + α·δ)`` on ``alphas`` (one direction) or ``L(θ* + α·δ + β·η)`` on the grid
     ``alphas × betas`` (two directions) and return a ``Surface``.
 
     ``directions`` is one point (1D) or a sequence of one or two points; the other options are
     those of ``evaluate_points``. With ``cache=True`` the result is stored in ``cnnlib``'s disk
-    cache under a hash of the centre, the directions, the data and every option, so the same
-    call is instant the second time (and a widget can revisit a setting for free).
+    cache under a hash of the centre, the directions, the data and every option (the default loss
+    only: a custom ``loss_fn`` needs ``cache=False``), so the same call is instant the second time (and a widget can revisit a
+    setting for free). ``announce`` (default: as ``progress``) prints the ``estimate`` of the
+    cost — points, FLOPs, seconds — before a computation starts; a cached result is returned
+    without a word.
     """
     from . import cache as _cache
     from .train import _progress_enabled
@@ -941,11 +971,11 @@ def surface(model: nn.Module, data, directions, alphas, betas=None, *, center=No
     x, y = _eval_tensors(data, split)
 
     def compute() -> dict:
-        if _progress_enabled(progress):
+        if _progress_enabled(progress if announce is None else announce):
             est = estimate(model, data, len(coords), dirs, split=split, strategy=strategy,
                            batch_size=batch_size, memory_budget=memory_budget, bn=bn,
-                           bn_data=bn_data, time_it=False)
-            print(f"{label or 'landscape'}: {est}".split(", ≈")[0])
+                           bn_data=bn_data)
+            print(f"{label or 'landscape'}: {est}", flush=True)
         start = time.perf_counter()
         loss, acc, used = evaluate_points(
             model, data, dirs, coords, center=center, loss_fn=loss_fn, split=split, bn=bn,
@@ -958,10 +988,13 @@ def surface(model: nn.Module, data, directions, alphas, betas=None, *, center=No
 
     if not cache:
         return Surface.from_dict(compute())
+    if loss_fn is not None:  # the key holds the inputs; a function's name does not say what it computes
+        raise ValueError("cache=True works with the default cross-entropy only: the cache cannot tell "
+                         "two loss functions apart (two lambdas share a name); pass cache=False with "
+                         "a custom loss_fn")
     bn_x = _bn_images(data, bn_data) if bn == "recompute" else None
     state = _prepare(model, center, dirs)
-    key = (_digest(state, dirs, x, y, bn_x, alphas, betas), repr(model), split, bn,
-           getattr(loss_fn, "__qualname__", repr(loss_fn)))
+    key = (_digest(state, dirs, x, y, bn_x, alphas, betas), repr(model), split, bn)
     result = Surface.from_dict(_cache.cached("landscape", key, compute))
     result.meta.update(label=label, **(meta or {}))  # display only: not part of the key
     return result

@@ -7,9 +7,12 @@ length is Binomial(n, ½) distributed (Veit et al., Sec. 3). If the paths behave
 ensemble, deleting one block only removes half the paths and the network should keep working,
 while deleting a layer of a plain network breaks its only path.
 
-This module works on any network with the course's ResNet shape (``cnnlib.models.resnet``):
+The block functions work on any network with the course's ResNet shape (``cnnlib.models.resnet``):
 ``net.stem``, ``net.blocks`` (one flat ``nn.Sequential``) and ``net.head``, each block having
-``.residual``, ``.shortcut`` (``None`` in a plain net) and ``.downsample``.
+``.residual``, ``.shortcut`` (``None`` in a plain net) and ``.downsample``. A "plain" ResNet block
+is two convolution layers; the layer functions delete single layers of a VGG-style network
+(Veit et al.'s plain baseline), whose ``net.features`` is one ``nn.Sequential`` of convolutions,
+BatchNorm, ReLU and pooling (the VGG models of ``cnnlib.models.classic``).
 
 * ``delete_blocks`` — a block becomes what its shortcut computes (Sec. 4.1). A downsampling
   block cannot become the identity: its shortcut (zero padding or projection) is kept, and
@@ -17,6 +20,9 @@ This module works on any network with the course's ResNet shape (``cnnlib.models
   Either way these blocks are reported (``downsample``) so plots can mark them.
 * ``reorder_blocks`` / ``random_order`` — permute interchangeable blocks (Sec. 4.3);
 * ``single_deletions``, ``multiple_deletions``, ``reorderings`` — the three lesion experiments;
+* ``conv_layers``, ``delete_layers``, ``single_layer_deletions`` — the same for the layers of a
+  VGG-style network: a layer that keeps the shape of its input becomes the identity, the others
+  are reported as not deletable;
 * ``path_length_distribution`` — Binomial(n, ½);
 * ``path_gradient`` / ``path_gradients`` — the gradient that flows along one path, and its
   magnitude per path length measured on a trained network (Sec. 5).
@@ -199,10 +205,17 @@ def single_deletions(net: nn.Module, data, split: str = "test") -> SingleDeletio
 
 def multiple_deletions(net: nn.Module, data, counts: Sequence[int], trials: int = 10,
                        seed: int = 0, include_downsampling: bool = False,
-                       split: str = "test") -> dict[int, np.ndarray]:
+                       spare: Sequence[int] = (), split: str = "test") -> dict[int, np.ndarray]:
     """Error after deleting ``k`` random blocks, ``trials`` times for every ``k`` in ``counts``
-    (Veit et al. Fig. 5a). Downsampling blocks are spared unless ``include_downsampling``."""
-    candidates = [i for i, d in enumerate(downsampling(net)) if include_downsampling or not d]
+    (Veit et al. Fig. 5a). Downsampling blocks are spared unless ``include_downsampling``, and
+    so are the blocks in ``spare`` (e.g. a first block that the whole network depends on)."""
+    n = len(_blocks(net))
+    for i in spare:
+        if not -n <= i < n:
+            raise ValueError(f"block index {i} out of range: the network has {n} blocks")
+    kept = {i % n for i in spare}
+    candidates = [i for i, d in enumerate(downsampling(net))
+                  if (include_downsampling or not d) and i not in kept]
     rng = random.Random(seed)
     out = {}
     for k in counts:
@@ -225,6 +238,110 @@ def reorderings(net: nn.Module, data, swaps: Sequence[int], trials: int = 5, see
             taus.append(kendall_tau(order))
             errors.append(_error(reorder_blocks(net, order), data, split))
     return np.array(taus), np.array(errors)
+
+
+# --------------------------------------------------------------------------------------------
+# Plain convolutional networks (VGG): one layer at a time
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvLayer:
+    """One layer of a VGG-style ``net.features``: a convolution with the BatchNorm and ReLU that
+    follow it, the modules ``start:stop``. ``why_not`` says why the identity cannot stand in for
+    it (empty when it can: it keeps the shape of its input)."""
+
+    start: int
+    stop: int
+    in_channels: int
+    out_channels: int
+    why_not: str
+
+    @property
+    def deletable(self) -> bool:
+        return not self.why_not
+
+
+def _keeps_shape(conv: nn.Conv2d) -> str:
+    """Why ``conv`` changes the shape of its input ("" if it does not)."""
+    if conv.in_channels != conv.out_channels:
+        return f"it changes the number of channels ({conv.in_channels} → {conv.out_channels})"
+    if any(s != 1 for s in conv.stride):
+        return f"it has stride {tuple(conv.stride)}"
+    if isinstance(conv.padding, str):
+        same = conv.padding == "same" or all(k == 1 for k in conv.kernel_size)
+    else:
+        same = all(2 * p == d * (k - 1) for p, d, k in
+                   zip(conv.padding, conv.dilation, conv.kernel_size))
+    return "" if same else "its padding changes the image size"
+
+
+def conv_layers(net: nn.Module) -> list[ConvLayer]:
+    """The convolution layers of ``net.features`` in order, each with whether it can be deleted."""
+    features = getattr(net, "features", None)
+    if not isinstance(features, nn.Sequential) or not any(
+            isinstance(m, nn.Conv2d) for m in features):
+        raise ValueError("layer deletion needs a VGG-style network: net.features, one "
+                         "nn.Sequential of Conv2d, BatchNorm2d, ReLU and pooling layers (see "
+                         "cnnlib.models.classic.VGG); for a ResNet delete blocks (delete_blocks)")
+    modules, layers, i = list(features), [], 0
+    while i < len(modules):
+        if isinstance(modules[i], nn.Conv2d):
+            stop = i + 1
+            while stop < len(modules) and isinstance(modules[stop], (nn.BatchNorm2d, nn.ReLU)):
+                stop += 1
+            conv = modules[i]
+            layers.append(ConvLayer(i, stop, conv.in_channels, conv.out_channels, _keeps_shape(conv)))
+            i = stop
+        else:
+            i += 1
+    return layers
+
+
+def delete_layers(net: nn.Module, indices: Sequence[int]) -> nn.Module:
+    """``net`` with the convolution layers at ``indices`` (positions in ``conv_layers(net)``)
+    deleted at test time: the convolution and its BatchNorm and ReLU become identities (Veit et
+    al. 2016, Sec. 4.1, plain network). Only a layer that keeps the shape of its input can be
+    deleted; the others are refused with the reason. The original network is left unchanged."""
+    layers = conv_layers(net)
+    gone = set()
+    for i in indices:
+        if not -len(layers) <= i < len(layers):
+            raise ValueError(f"layer index {i} out of range: the network has {len(layers)} "
+                             f"convolution layers")
+        layer = layers[i]
+        if not layer.deletable:
+            raise ValueError(f"layer {i % len(layers)} cannot be deleted: {layer.why_not}, so "
+                             f"the identity cannot stand in for it (only a layer that keeps the "
+                             f"shape of its input can)")
+        gone.update(range(layer.start, layer.stop))
+    new = copy.copy(net)
+    new._modules = dict(net._modules)
+    new.features = nn.Sequential(*[nn.Identity() if j in gone else m
+                                   for j, m in enumerate(net.features)])
+    return new
+
+
+@dataclass
+class LayerDeletions:
+    """Test error after deleting each deletable layer alone: ``layers`` are their positions in
+    ``conv_layers``, ``errors`` the errors; ``not_deletable`` maps every other layer to the
+    reason; ``baseline`` is the intact network's error."""
+
+    baseline: float
+    layers: np.ndarray
+    errors: np.ndarray
+    not_deletable: dict[int, str]
+
+
+def single_layer_deletions(net: nn.Module, data, split: str = "test") -> LayerDeletions:
+    """Delete every deletable layer of a VGG-style network in turn and measure the error (the
+    plain network of Veit et al. Fig. 3)."""
+    layers = conv_layers(net)
+    ok = [i for i, layer in enumerate(layers) if layer.deletable]
+    return LayerDeletions(_error(net, data, split), np.array(ok, dtype=int),
+                          np.array([_error(delete_layers(net, [i]), data, split) for i in ok]),
+                          {i: layer.why_not for i, layer in enumerate(layers) if not layer.deletable})
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ a tested function in ``cnnlib``; a widget only wires controls to it with
 pick the model, the range and resolution of the grid, the normalization of the random
 directions and a 1D, 2D or 3D view. Surfaces come from ``landscape.random_surface`` with the
 disk cache on, so a setting the lecture already computed — or that you visited before — is
-drawn at once; a new one is computed (its cost is printed first).
+drawn at once; a new one is computed, and its cost (points, FLOPs, estimated seconds, from
+``landscape.estimate``) is printed into the explorer's output first.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class LandscapeExplorer:
         if norm not in landscape.NORMS:
             raise ValueError(f"norm must be one of {landscape.NORMS}, got {norm!r}")
         self.models, self.data, self.seed = dict(models), data, seed
-        self.options = {"cache": True, "progress": False, **options}
+        self.options = {"cache": True, "progress": False, "announce": True, **options}
         self.surface, self.figure, self.draws = None, None, 0
         style = {"description_width": "initial"}
         self.controls = {
@@ -67,7 +68,8 @@ class LandscapeExplorer:
 
     def compute(self, model: str, span: float, resolution: int, norm: str,
                 view: str) -> landscape.Surface:
-        """The surface for one setting of the controls (from the cache when it was seen)."""
+        """The surface for one setting of the controls: from the cache when it was seen, else
+        computed after its estimated cost is printed."""
         return landscape.random_surface(self.models[model], self.data, span=span,
                                         resolution=resolution, norm=norm,
                                         dims=1 if view == "1D" else 2, seed=self.seed,

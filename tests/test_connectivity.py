@@ -213,6 +213,47 @@ def test_a_trained_curve_has_a_lower_barrier_than_the_line(two_minima, digits):
     assert all(torch.equal(again.points[1][k], curve.points[1][k]) for k in curve.points[1])
 
 
+def test_curve_and_neb_take_an_x_y_pair_like_an_imagedata(two_minima, digits):
+    a, b = two_minima
+    pair = (digits.x_train, digits.y_train)
+    opts = dict(epochs=1, lr=0.1, batch_size=64, seed=3, cache=False)
+    from_pair = C.train_curve(a, a, b, pair, **opts)  # a pair is used as it is
+    from_data = C.train_curve(a, a, b, digits, augment_data=False, **opts)
+    for k, v in from_data.points[1].items():
+        torch.testing.assert_close(from_pair.points[1][k], v)
+    with pytest.raises(ValueError, match="augment_data=True needs an ImageData"):
+        C.train_curve(a, a, b, pair, augment_data=True, **opts)
+    neb = dict(pivots=1, cycles=1, steps=3, eval_size=64, interpolate=2, cache=False)
+    chain = C.neb_path(a, a, b, pair, **neb)
+    same = C.neb_path(a, a, b, digits, **neb)
+    assert len(chain.points) == len(same.points)
+    for p, q in zip(chain.points, same.points):
+        for k in q:
+            torch.testing.assert_close(p[k], q[k])
+
+
+def test_a_path_needs_two_positions(two_minima, digits):
+    a, b = two_minima
+    for t in (0, 1):
+        with pytest.raises(ValueError, match="2 or more evenly spaced positions"):
+            C.evaluate_path(a, C.line(a, b), digits, t)
+    with pytest.raises(ValueError, match="t must be a number of positions"):
+        C.evaluate_path(a, C.line(a, b), digits, [])
+
+
+def test_the_profile_legends_leave_the_curves_alone(two_minima, digits):
+    import matplotlib.pyplot as plt
+
+    a, b = two_minima
+    prof = C.evaluate_path(a, C.line(a, b), digits.subset(train=100, test=100), 5)
+    fig = C.plot_profiles({"line": prof, "again": prof})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 <= box.y0  # below the axes, where no peak can hide behind it
+    plt.close(fig)
+
+
 def test_train_curve_refuses_a_line(two_minima, digits):
     a, b = two_minima
     with pytest.raises(ValueError, match="trainable curve"):
@@ -469,3 +510,22 @@ def test_weight_matching_shrinks_the_distance_between_independent_networks():
     with torch.no_grad():
         x = torch.randn(3, 1, 8, 8)
         torch.testing.assert_close(load(b, aligned)(x), b(x), atol=1e-5, rtol=1e-5)
+
+
+def test_matching_networks_of_different_widths_names_the_difference():
+    narrow, wide = convnet(4, 0), convnet(8, 1)
+    example = torch.randn(2, 1, 8, 8)
+    pa, pb = landscape.weights(narrow, buffers=True), landscape.weights(wide, buffers=True)
+    spec = C.permutation_spec(narrow, example)
+    with pytest.raises(ValueError, match=r"shapes differ: '0\.weight' is \(4, 1, 3, 3\) in A, "
+                                         r"\(8, 1, 3, 3\) in B"):
+        C.weight_matching(pa, pb, spec)
+    with pytest.raises(ValueError, match=r"model's architecture \(the same widths\); shapes "
+                                         r"differ: '0\.weight' is \(4, 1, 3, 3\) in the model, "
+                                         r"\(8, 1, 3, 3\) in B"):
+        C.align(narrow, pa, pb, example)
+    with pytest.raises(ValueError, match="in the model, .* in A"):  # both wide, the model narrow
+        C.align(narrow, pb, pb, example)
+    fewer = {k: v for k, v in pa.items() if k != "3.weight"}
+    with pytest.raises(ValueError, match="names differ: '3.weight' only in A"):
+        C.weight_matching(pa, fewer, spec)

@@ -1,5 +1,6 @@
 """Correctness of cnnlib.landscape: directions, the two evaluation strategies, surfaces."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -346,3 +347,61 @@ def test_rescaling_convolutions_before_batchnorm_keeps_the_function_not_the_plot
     assert (raw[1].loss - raw[1].center_loss).max() < 0.2 * (raw[0].loss - raw[0].center_loss).max()
     with pytest.raises(ValueError, match="positive"):
         L.rescaled_copy(net, -1.0)
+
+
+def test_the_cache_refuses_custom_loss_functions_it_cannot_tell_apart():
+    net = _small_resnet()
+    data = _toy_data()
+    d = L.random_direction(net, seed=21)
+    g = L.grid(1, 5)
+    ce = L.surface(net, data, d, g, cache=True, progress=False)
+    with pytest.raises(ValueError, match="cache=True works with the default cross-entropy only"):
+        L.surface(net, data, d, g, cache=True, progress=False,
+                  loss_fn=lambda out, y: 2 * F.cross_entropy(out, y))
+    double = L.surface(net, data, d, g, progress=False, loss_fn=lambda out, y: 2 * F.cross_entropy(out, y))
+    np.testing.assert_allclose(double.loss, 2 * ce.loss, rtol=1e-6)
+
+
+def test_surface_states_its_cost_before_a_run_and_nothing_for_a_cached_one(capsys):
+    net = _small_resnet()
+    data = _toy_data()
+    d = L.random_direction(net, seed=22)
+    L.surface(net, data, d, L.grid(1, 5), cache=True, progress=False, announce=True, label="r8")
+    out = capsys.readouterr().out
+    assert out.startswith("r8: 5 points × 40 images") and "GFLOP" in out
+    assert re.search(r"≈ \d+\.\d s", out), out  # the estimated seconds, not only the FLOPs
+    L.surface(net, data, d, L.grid(1, 5), cache=True, progress=False, announce=True, label="r8")
+    assert capsys.readouterr().out == ""
+    L.surface(net, data, d, L.grid(1, 3), progress=False)
+    assert capsys.readouterr().out == ""  # announce follows progress by default
+
+
+def test_wrong_inputs_are_clear_errors():
+    net = _small_resnet()
+    x, y = _toy_data()
+    d = L.random_direction(net, seed=1)
+    with pytest.raises(ValueError, match=r"\(inputs, targets\) pair or an ImageData"):
+        L.surface(net, x, d, L.grid(1, 3))
+    s = L.surface(net, (x, y), [d, L.random_direction(net, seed=2)], L.grid(1, 3), L.grid(1, 3),
+                  progress=False)
+    with pytest.raises(ValueError, match=r"metric must be one of \('loss', 'acc', 'error'\)"):
+        s.plot(metric="accuracy")
+    with pytest.raises(ValueError, match="all the same point"):
+        L.pca_directions([net, net, net])
+
+
+def test_colour_bar_ticks_fall_on_round_values():
+    import matplotlib.pyplot as plt
+
+    a = np.linspace(-1, 1, 7)
+    A, B = np.meshgrid(a, a, indexing="ij")
+    z = -0.955 + (2.1 + 0.955) * (A ** 2 + B ** 2) / 2  # log10 loss from -0.955 to 2.1
+    s = L.Surface(a, a, 10 ** z, np.zeros_like(z))
+    for kind in ("filled", "contour"):
+        ax = s.plot(kind, log=True)
+        ticks = ax.figure.axes[-1].get_yticks()  # the colour bar
+        assert len(ticks) >= 3
+        np.testing.assert_allclose(ticks, np.round(ticks, 2), atol=1e-9)
+        step = np.diff(ticks)
+        np.testing.assert_allclose(step, step[0])
+    plt.close("all")

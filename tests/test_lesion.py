@@ -159,3 +159,96 @@ def test_lesion_experiments_return_one_number_per_setting():
         lesion.multiple_deletions(net, data, counts=[5])
     taus, errors = lesion.reorderings(net, data, swaps=[0, 1, 2], trials=2)
     assert len(taus) == len(errors) == 5 and taus[0] == 1.0 and errors[0] == single.baseline
+
+
+def test_spared_blocks_are_never_deleted(monkeypatch):
+    net = _net(depth=14)  # deletable: 0 1 3 5
+    data = (_x(20), torch.randint(0, 10, (20,)))
+    deleted = []
+    real = lesion.delete_blocks
+
+    def record(n, indices):
+        deleted.append(set(indices))
+        return real(n, indices)
+
+    monkeypatch.setattr(lesion, "delete_blocks", record)
+    multi = lesion.multiple_deletions(net, data, counts=[1, 2, 3], trials=6, spare=[0])
+    assert deleted and all(0 not in d for d in deleted)
+    assert set().union(*deleted) == {1, 3, 5}
+    assert len(multi[3]) == 1  # all three remaining deletable blocks: one way
+    with pytest.raises(ValueError, match="out of range"):
+        lesion.multiple_deletions(net, data, counts=[1], spare=[6])
+
+
+# ------------------------------------------------------------------------------------------
+# A plain VGG network: deleting single layers
+# ------------------------------------------------------------------------------------------
+
+
+def _vgg(batch_norm=False, seed=0):
+    torch.manual_seed(seed)
+    net = models.create("vgg11", num_classes=10, in_channels=3, small=True, batch_norm=batch_norm)
+    if batch_norm:
+        landscape.recompute_bn(net, torch.randn(16, 3, 32, 32))
+    return net.eval()
+
+
+def test_vgg_layers_that_keep_their_shape_are_the_deletable_ones():
+    layers = lesion.conv_layers(_vgg())  # channels 8 16 32 32 64 64 64 64 (VGG-11 at 1/8 width)
+    assert [(l.in_channels, l.out_channels) for l in layers][:4] == [(3, 8), (8, 16), (16, 32), (32, 32)]
+    assert [i for i, l in enumerate(layers) if l.deletable] == [3, 5, 6, 7]
+    assert "channels (8 → 16)" in layers[1].why_not
+    bn_layers = lesion.conv_layers(_vgg(batch_norm=True))
+    assert all(l.stop - l.start == 3 for l in bn_layers)  # conv, BatchNorm, ReLU
+    strided = nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                            nn.Conv2d(4, 4, 3), nn.ReLU())
+    holder = nn.Module()
+    holder.features = strided
+    assert [l.why_not for l in lesion.conv_layers(holder)] == [
+        "it has stride (2, 2)", "its padding changes the image size"]
+    with pytest.raises(ValueError, match="VGG-style network"):
+        lesion.conv_layers(_net())
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_deleting_a_vgg_layer_makes_it_the_identity_and_leaves_the_original_alone(batch_norm):
+    net = _vgg(batch_norm)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = net(x)
+        lesioned = lesion.delete_layers(net, [3, 5])
+        layers = lesion.conv_layers(net)
+        h = x
+        for j, m in enumerate(net.features):  # the same forward pass, skipping the two layers
+            if not any(layers[i].start <= j < layers[i].stop for i in (3, 5)):
+                h = m(h)
+        expected = net.classifier(torch.flatten(net.avgpool(h), 1))
+        torch.testing.assert_close(lesioned(x), expected)
+        assert not torch.allclose(lesioned(x), before)
+        torch.testing.assert_close(net(x), before)
+    assert sum(isinstance(m, nn.Identity) for m in lesioned.features) == (6 if batch_norm else 4)
+    assert not any(isinstance(m, nn.Identity) for m in net.features)
+    with pytest.raises(ValueError, match=r"layer 2 cannot be deleted: it changes the number of "
+                                         r"channels \(16 → 32\)"):
+        lesion.delete_layers(net, [2])
+    with pytest.raises(ValueError, match="out of range"):
+        lesion.delete_layers(net, [8])
+
+
+def test_a_vgg_layer_that_computes_the_identity_can_be_deleted_for_free():
+    net = _vgg()
+    conv = lesion.conv_layers(net)[5]
+    with torch.no_grad():
+        nn.init.dirac_(net.features[conv.start].weight)  # conv(x) = x, and relu(x) = x for x ≥ 0
+        net.features[conv.start].bias.zero_()
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(lesion.delete_layers(net, [5])(x), net(x))
+
+
+def test_single_layer_deletions_report_every_layer():
+    net = _vgg()
+    data = (torch.randn(12, 3, 32, 32), torch.randint(0, 10, (12,)))
+    result = lesion.single_layer_deletions(net, data)
+    assert result.layers.tolist() == [3, 5, 6, 7] and result.errors.shape == (4,)
+    assert set(result.not_deletable) == {0, 1, 2, 4}
+    assert 0 <= result.baseline <= 1 and np.all((0 <= result.errors) & (result.errors <= 1))

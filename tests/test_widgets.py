@@ -1,4 +1,6 @@
 """The landscape explorer: its controls are wired to the tested functions (kernel side)."""
+import re
+
 import ipywidgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -74,6 +76,27 @@ def test_revisiting_a_setting_reads_the_cache(explorer, monkeypatch):
     np.testing.assert_array_equal(explorer.surface.loss, first.loss)
 
 
+def test_a_new_setting_prints_its_cost_first_and_a_cached_one_prints_nothing(
+        explorer, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLIB_CACHE", str(tmp_path))  # an empty cache: nothing seen yet
+
+    def printed():  # outside a kernel, clear_output writes a terminal "erase line" code
+        return capsys.readouterr().out.replace("\x1b[2K\r", "")
+
+    c = explorer.controls
+    c["view"].value, c["resolution"].value = "2D", 5
+    capsys.readouterr()
+    c["resolution"].value = 7
+    out = printed()
+    assert "49 points × 24 images" in out and "GFLOP" in out
+    assert re.search(r"≈ \d+\.\d s", out), out
+    c["resolution"].value = 5
+    capsys.readouterr()
+    c["resolution"].value = 7  # seen: drawn from the cache, without a word
+    assert printed() == ""
+    assert explorer.surface.loss.shape == (7, 7)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="view"):
         LandscapeExplorer({"m": torch.nn.Linear(2, 2)}, (torch.zeros(2, 2), torch.zeros(2).long()),
@@ -84,12 +107,14 @@ def test_bad_settings_are_refused():
 
 def test_in_a_real_kernel_a_control_change_replaces_the_image_in_the_output():
     """Run the explorer in an IPython kernel (as JupyterLab does) and check what its Output
-    widget holds before and after a control changes: one PNG each time, a different one."""
+    widget holds before and after a control changes: one PNG each time, a different one, and
+    above it the cost of the new setting, printed before it was computed."""
     import nbformat
     from nbclient import NotebookClient
 
     setup = (
-        "import torch\n%matplotlib inline\n"
+        "import os, tempfile, torch\n%matplotlib inline\n"
+        "os.environ['CNNLIB_CACHE'] = tempfile.mkdtemp()  # nothing seen before\n"
         "from cnnlib import models\nfrom cnnlib.widgets import LandscapeExplorer\n"
         "torch.manual_seed(0)\n"
         "nets = {'r8': models.create('resnet_cifar', depth=8, width=4, in_channels=1).eval()}\n"
@@ -99,17 +124,21 @@ def test_in_a_real_kernel_a_control_change_replaces_the_image_in_the_output():
                                          nbformat.v4.new_code_cell("ex.controls['resolution'].value = 7")])
     client = NotebookClient(nb, kernel_name="python3", timeout=120, store_widget_state=True)
 
-    def images():
+    def images(points):
         client.set_widgets_metadata()
         state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
         outputs = [m["state"].get("outputs", []) for m in state.values()
                    if m["model_name"] == "OutputModel"]
         assert len(outputs) == 1
+        kinds = ["image" if "image/png" in o.get("data", {}) else o.get("output_type")
+                 for o in outputs[0]]
+        assert kinds == ["stream", "image"], kinds  # the cost first, then the figure
+        assert f"{points} points ×" in outputs[0][0]["text"]
         return [o["data"]["image/png"] for o in outputs[0] if "image/png" in o.get("data", {})]
 
     with client.setup_kernel():
         client.execute_cell(nb.cells[0], 0)
-        first = images()
+        first = images(5 * 5)
         client.execute_cell(nb.cells[1], 1)
-        second = images()
+        second = images(7 * 7)
     assert len(first) == len(second) == 1 and first != second
