@@ -10,26 +10,12 @@ median of several repeats::
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
+from cnnlib.measure import median_time
 from cnnlib.models.layers import conv_output_size, deform_conv2d
-
-
-def median_time(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for i in range(repeats + 2):  # two warm-up calls
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -56,8 +42,8 @@ def main() -> None:
             y.sum().backward()
         return run
 
-    readable = median_time(step(deform_conv2d), args.repeats, device)
-    fused = median_time(step(torchvision_deform_conv2d), args.repeats, device)
+    readable = median_time(step(deform_conv2d), device, args.repeats)
+    fused = median_time(step(torchvision_deform_conv2d), device, args.repeats)
     print(f"deformable 3×3 conv, {c}→{c} channels, {b}×{s}×{s}, {args.offset_groups} offset group(s), "
           f"modulated, forward+backward on {device} ({torch.get_num_threads()} threads)")
     print(f"  pure PyTorch (grid_sample + einsum): {1e3 * readable:8.1f} ms")

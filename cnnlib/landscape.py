@@ -63,6 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .measure import median_time
 from .models import eval_mode
 
 Point = dict  # name -> Tensor: a position (or a direction) in weight space
@@ -558,17 +559,6 @@ def _forward_profile(net: nn.Module, xb: Tensor) -> tuple[int, int]:
     return flops[0], max(sizes, default=xb.numel() * xb.element_size())
 
 
-def _time_batch(fn, device: torch.device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def estimate(model: nn.Module, data, n_points: int, directions: Sequence[Point] = (), *,
              split: str = "train", strategy: str = "auto", batch_size: int | None = None,
              memory_budget: int | None = None, bn: str = "keep", bn_data=None,
@@ -596,16 +586,17 @@ def estimate(model: nn.Module, data, n_points: int, directions: Sequence[Point] 
             runner = _LoopRunner(model, channels_last=images)
             runner.load(state, None, batch_size)
             xl = xb.contiguous(memory_format=torch.channels_last) if images else xb
-            t = _time_batch(lambda: runner.evaluate(xl, y[:batch_size], F.cross_entropy,
-                                                    batch_size), device)
+            t = median_time(lambda: runner.evaluate(xl, y[:batch_size], F.cross_entropy,
+                                                    batch_size), device, repeats=1, warmup=1)
             seconds = t * batches * n_points
         else:
             vr = _VmapRunner(model)
             zero = {k: torch.zeros_like(state[k]) for k in moved}
             stacked = _stack_points(state, [zero], np.zeros((chunk, 1)))
             fixed = {k: v for k, v in state.items() if k not in stacked}
-            t = _time_batch(lambda: vr.evaluate(stacked, fixed, xb, y[:batch_size],
-                                                F.cross_entropy, batch_size), device)
+            t = median_time(lambda: vr.evaluate(stacked, fixed, xb, y[:batch_size],
+                                                F.cross_entropy, batch_size), device, repeats=1,
+                            warmup=1)
             seconds = t * batches * math.ceil(n_points / chunk)
         if bn == "recompute":
             bx = _bn_images(data, bn_data)

@@ -62,22 +62,31 @@ def flops_by_module(model: nn.Module, input_size=(1, 3, 224, 224)) -> dict[str, 
     return out
 
 
+def median_time(fn, device: torch.device, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` untimed
+    ones; on a GPU each call is bracketed by ``torch.cuda.synchronize`` (kernels run
+    asynchronously, so an unsynchronized clock would time only their launch)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 @torch.no_grad()
 def forward_time(model: nn.Module, input_size, repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time of one forward pass in seconds (eval mode, no autograd)."""
     x = _example(model, input_size)
-    times = []
     with eval_mode(model):
-        for i in range(warmup + repeats):
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        return median_time(lambda: model(x), x.device, repeats, warmup)
 
 
 # --------------------------------------------------------------------------------------------

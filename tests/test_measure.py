@@ -95,3 +95,13 @@ def test_flops_by_module_adds_up():
     parts = measure.flops_by_module(net, (1, 1, 32, 32))
     assert set(parts) == {"features", "avgpool", "classifier"}
     assert sum(parts.values()) == measure.flops(net, (1, 1, 32, 32)) and parts["features"] > 0
+
+
+def test_median_time_calls_warmup_plus_repeats_times_and_takes_the_median():
+    from cnnlib.measure import median_time
+
+    calls = []
+    t = median_time(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=2)
+    assert len(calls) == 5 and t >= 0
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        median_time(lambda: None, torch.device("cpu"), repeats=0)
