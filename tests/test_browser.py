@@ -358,20 +358,25 @@ def _shots(name: str) -> Path:
     return folder
 
 
-def test_lecture_01_runs_in_jupyterlab(browser, lectures_lab):
-    name = "01_evolution.ipynb"
+@contextmanager
+def lecture_ran(browser, lab: Lab, name: str, widgets: int):
+    """A page where every cell of the lecture ``name`` ran without error and at least ``widgets``
+    widget views rendered; yields ``(page, screenshot folder)``."""
     shots = _shots(name)
-    with notebook_page(browser, lectures_lab, name, shots) as page:
-        run_all(page, lectures_lab, name, shots)
-        assert_widgets_render(page, name, expected=1)  # tqdm's progress bars are widgets
+    with notebook_page(browser, lab, name, shots) as page:
+        run_all(page, lab, name, shots)
+        assert_widgets_render(page, name, expected=widgets)
+        yield page, shots
+
+
+def test_lecture_01_runs_in_jupyterlab(browser, lectures_lab):
+    with lecture_ran(browser, lectures_lab, "01_evolution.ipynb", widgets=1):  # tqdm's bars are widgets
+        pass
 
 
 def test_lecture_05_phi_slider_redraws(browser, lectures_lab):
     name = "05_efficientnet.ipynb"
-    shots = _shots(name)
-    with notebook_page(browser, lectures_lab, name, shots) as page:
-        run_all(page, lectures_lab, name, shots)
-        assert_widgets_render(page, name, expected=2)
+    with lecture_ran(browser, lectures_lab, name, widgets=2) as (page, shots):
         cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider")).first
         cell.scroll_into_view_if_needed()
         readout = cell.locator(".widget-readout").first
@@ -397,10 +402,7 @@ def test_lecture_05_phi_slider_redraws(browser, lectures_lab):
 
 def test_lecture_09_landscape_explorer_responds(browser, lectures_lab):
     name = "09_loss_landscape.ipynb"
-    shots = _shots(name)
-    with notebook_page(browser, lectures_lab, name, shots) as page:
-        run_all(page, lectures_lab, name, shots)
-        assert_widgets_render(page, name, expected=2)
+    with lecture_ran(browser, lectures_lab, name, widgets=2) as (page, shots):
         explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(
             has=page.locator(".widget-toggle-button", has_text="3D")).first
         explorer.scroll_into_view_if_needed()
