@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab test test-fast test-browser exercises grade notebooks bench clean
+.PHONY: setup lab test test-fast test-browser exercises grade notebooks bench dry-run-full clean
 
 # A virtual environment with cnnlib (editable) and everything the lectures and tests need.
 $(STAMP): pyproject.toml
@@ -48,6 +48,10 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train.py
+
+# Every lecture's full-profile branch on this CPU, on a fake CIFAR-10 (numbers meaningless).
+dry-run-full: $(STAMP)
+	$(BIN)/python bench/full_profile_dry_run.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
