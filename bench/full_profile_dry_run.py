@@ -114,7 +114,7 @@ def main(names: list[str]) -> int:
         tmp = Path(tmp)
         md5 = write_fake_cifar10(tmp / "data")
         os.environ.update(CNNLIB_PROFILE="full", CNNLIB_DATA=str(tmp / "data"), CNNLIB_OFFLINE="1",
-                          CNNLIB_CACHE=str(tmp / "cache"), MPLBACKEND="Agg")
+                          CNNLIB_CACHE=str(tmp / "cache"))
         try:
             failed = _run(paths, md5)
         finally:
