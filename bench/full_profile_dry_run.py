@@ -49,12 +49,12 @@ SHRINK = dict(epochs=1, bn_epochs=1, darts_epochs=1, retrain_epochs=1, trials=1,
               steps=3, interpolate=2)
 
 SHRINK_CELL = f"""# inserted by bench/full_profile_dry_run.py: same data and models, fewer epochs and points
-def _shrink(d):
+def _shrink(d, values={SHRINK!r}):
     for k, v in d.items():
         if isinstance(v, dict):
             _shrink(v)
-        elif k in {SHRINK!r}:
-            d[k] = {SHRINK!r}[k]
+        elif k in values:
+            d[k] = values[k]
 _shrink(cfg)
 print("dry run, shrunk cfg:", cfg)
 """
