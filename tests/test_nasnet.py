@@ -136,6 +136,59 @@ def test_nasnet_a_and_amoebanet_a_are_points_of_the_space():
     assert unused_blocks(AMOEBANET_A.reduce) == [1, 2, 4]      # reduce_concat [3, 4, 6]
 
 
+# quark0/darts, cnn/genotypes.py (commit a00cad0 and later), verbatim
+_DARTS_REPO = {
+    "DARTS_V1": dict(
+        normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1),
+                ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)],
+        normal_concat=[2, 3, 4, 5],
+        reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0),
+                ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)],
+        reduce_concat=[2, 3, 4, 5]),
+    "DARTS_V2": dict(
+        normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),
+                ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)],
+        normal_concat=[2, 3, 4, 5],
+        reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1),
+                ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)],
+        reduce_concat=[2, 3, 4, 5]),
+}
+
+
+def _as_darts_pairs(blocks):
+    names = {"identity": "skip_connect", "conv_1x7_7x1": "conv_7x1_1x7"}
+    return [(names.get(op, op), i) for b in blocks for op, i in zip(b.ops, b.inputs)]
+
+
+@pytest.mark.parametrize("name", ["DARTS_V1", "DARTS_V2"])
+def test_darts_genotypes_match_the_darts_repository(name):
+    g, want = getattr(nasnet, name), _DARTS_REPO[name]
+    assert _as_darts_pairs(g.normal) == want["normal"]
+    assert _as_darts_pairs(g.reduce) == want["reduce"]
+    assert list(g.normal_concat) == want["normal_concat"] and list(g.reduce_concat) == want["reduce_concat"]
+    assert all(b.combine == "add" for b in g.normal + g.reduce)
+    assert nasnet.DARTS is nasnet.DARTS_V2 != nasnet.DARTS_V1
+    assert eval(repr(g), vars(nasnet)) == g
+
+
+def test_a_darts_cell_concatenates_all_its_blocks():
+    g = nasnet.DARTS_V2
+    assert g.concat("normal") == g.concat("reduce") == [0, 1, 2, 3]
+    assert unused_blocks(g.normal) == [1, 2, 3]   # b3 reads b0, which DARTS still concatenates
+    assert "output = b0 ‖ b1 ‖ b2 ‖ b3" in str(g)
+    net = NASNet(g, num_classes=10, in_channels=1, channels=4, cells_per_stage=1, stages=2)
+    assert all(c.concat == [0, 1, 2, 3] and c.out_channels == 4 * c.pre1[1].out_channels for c in net.cells)
+    out = net(torch.randn(2, 1, 8, 8))
+    assert out.shape == (2, 10)
+    child = mutate(g, 0, SearchSpace(blocks=4))
+    assert child != g and (child.normal_concat, child.reduce_concat) == (g.normal_concat, g.reduce_concat)
+    assert NASNET_A.concat("reduce") == unused_blocks(NASNET_A.reduce)   # no concat given: the unused blocks
+    with pytest.raises(ValueError, match="not a block output"):
+        Genotype(g.normal, g.reduce, normal_concat=(2, 6))
+    with pytest.raises(ValueError, match="empty"):
+        Genotype(g.normal, g.reduce, reduce_concat=())
+
+
 def test_search_space_size_is_counted_from_its_choices():
     # block b: (b + 2)² input pairs × 13² op pairs × 2 combiners; two cells
     per_cell = 1
@@ -237,7 +290,7 @@ def _inside(point, box, margin=1e-9):
             and box.get_y() - margin <= y <= box.get_y() + box.get_height() + margin)
 
 
-@pytest.mark.parametrize("genotype", [AMOEBANET_A, NASNET_A, nasnet.residual_genotype(3)])
+@pytest.mark.parametrize("genotype", [AMOEBANET_A, NASNET_A, nasnet.residual_genotype(3), nasnet.DARTS_V2])
 def test_draw_cell_draws_one_box_per_state_and_one_coloured_arrow_per_edge(genotype):
     for kind in ("normal", "reduce"):
         ax = nasnet.draw_cell(genotype, kind)
@@ -248,7 +301,7 @@ def test_draw_cell_draws_one_box_per_state_and_one_coloured_arrow_per_edge(genot
         boxes = [p for p in ax.patches if isinstance(p, FancyBboxPatch)]
         assert len(boxes) == len(names)
         arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
-        assert len(arrows) == 2 * len(blocks) + len(unused_blocks(blocks))
+        assert len(arrows) == 2 * len(blocks) + len(genotype.concat(kind))
         # every arrow starts on its source box's edge and its head stops outside every box
         for arrow in arrows:
             start, end = arrow.get_path().vertices[0], arrow.get_path().vertices[-1]

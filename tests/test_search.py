@@ -218,8 +218,17 @@ def test_best_so_far_plot_draws_one_line_per_seed_and_a_mean(quiet):
     plt.close(ax.figure)
 
 
-def test_the_published_darts_cell_is_mostly_parameter_free_in_its_reduction_cell():
-    from cnnlib.models.nasnet import DARTS_V2
-    SearchSpace(blocks=4).validate(DARTS_V2)
-    assert search.parameter_free_share(DARTS_V2, "normal") == 3 / 8
-    assert search.parameter_free_share(DARTS_V2, "reduce") == 1.0
+def test_the_published_darts_cells_are_mostly_parameter_free_in_their_reduction_cells():
+    from cnnlib.models.nasnet import DARTS, DARTS_V1, DARTS_V2
+    assert DARTS is DARTS_V2
+    for g in (DARTS_V1, DARTS_V2):
+        SearchSpace(blocks=4).validate(g)
+        assert search.parameter_free_share(g, "reduce") == 1.0
+    assert search.parameter_free_share(DARTS_V1, "normal") == 3 / 8
+    assert search.parameter_free_share(DARTS_V2, "normal") == 2 / 8
+    assert search.parameter_free_share(DARTS_V1) == 11 / 16
+    assert search.parameter_free_share(DARTS_V2) == 10 / 16
+    # the reduction cells' op types: V1 has one average pooling, V2 only max-poolings and identities
+    assert set(op for b in DARTS_V1.reduce for op in b.ops) == {"max_pool_3x3", "identity", "avg_pool_3x3"}
+    assert set(op for b in DARTS_V2.reduce for op in b.ops) == {"max_pool_3x3", "identity"}
+    assert set(op for b in DARTS_V2.normal for op in b.ops) == {"sep_conv_3x3", "identity", "dil_conv_3x3"}

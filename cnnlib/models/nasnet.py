@@ -10,8 +10,9 @@ block b
 3. combines the two results by element-wise addition or by concatenation.
 
 The cell's output concatenates every block output that no later block uses (Sec. 3 of the
-paper). A **genotype** is the list of these choices for the normal and the reduction cell: a
-small, hashable, printable value, validated on construction. ``NASNet`` builds a network from it.
+paper), unless the genotype lists the blocks to concatenate (DARTS' cells take all of them).
+A **genotype** is the list of these choices for the normal and the reduction cell: a small,
+hashable, printable value, validated on construction. ``NASNet`` builds a network from it.
 
 Index convention (as in DARTS' ``genotypes.py``): input 0 is ``h[i-1]`` (the older cell),
 input 1 is ``h[i]`` (the previous cell), input 2 + k is the output of block k.
@@ -26,6 +27,7 @@ by ReLU → 1×1 conv → BN, so that every hidden state in a cell has the same 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import random
@@ -211,10 +213,17 @@ class Genotype:
     A cell is a sequence of ``Block``s or of ``(inputs, ops[, combine])`` tuples. Invalid genotypes
     (unknown op, input index out of range, cells of different length) raise ``ValueError`` on
     construction, values of the wrong type ``TypeError``.
+
+    ``normal_concat`` / ``reduce_concat`` say which states the cell's output concatenates, as
+    state indices (2 + k for block k, DARTS' ``normal_concat``). ``None`` (the default) is the
+    NASNet rule: every block output that no later block uses. DARTS' cells concatenate all
+    their blocks, including those another block reads.
     """
 
     normal: tuple[Block, ...]
     reduce: tuple[Block, ...]
+    normal_concat: tuple[int, ...] | None = None
+    reduce_concat: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for kind in ("normal", "reduce"):
@@ -230,10 +239,32 @@ class Genotype:
         if len(self.normal) != len(self.reduce):
             raise ValueError(f"normal and reduction cells must have the same number of blocks, "
                              f"got {len(self.normal)} and {len(self.reduce)}")
+        for kind in ("normal", "reduce"):
+            concat = getattr(self, f"{kind}_concat")
+            if concat is None:
+                continue
+            if not isinstance(concat, (tuple, list)) or not all(_is_index(i) for i in concat):
+                raise TypeError(f"{kind}_concat must be a sequence of state indices (ints), got {concat!r}")
+            concat = tuple(int(i) for i in concat)
+            if not concat:
+                raise ValueError(f"{kind}_concat is empty: the cell would have no output")
+            for i in concat:
+                if not 2 <= i < 2 + self.blocks:
+                    raise ValueError(f"{kind}_concat: state {i} is not a block output (2..{self.blocks + 1} "
+                                     f"for blocks 0..{self.blocks - 1})")
+            object.__setattr__(self, f"{kind}_concat", concat)
 
     @property
     def blocks(self) -> int:
         return len(self.normal)
+
+    def concat(self, kind: str) -> list[int]:
+        """The blocks (0-based block indices, not state indices) whose outputs the ``kind`` cell
+        concatenates: ``{kind}_concat`` if given, else the unused blocks."""
+        if kind not in ("normal", "reduce"):
+            raise ValueError(f"kind must be 'normal' or 'reduce', got {kind!r}")
+        concat = getattr(self, f"{kind}_concat")
+        return unused_blocks(getattr(self, kind)) if concat is None else [i - 2 for i in concat]
 
     def ops(self) -> list[str]:
         """Every operation of both cells, in order."""
@@ -243,19 +274,20 @@ class Genotype:
         lines = []
         for kind in ("normal", "reduce"):
             blocks = getattr(self, kind)
-            out = " ‖ ".join(f"b{b}" for b in unused_blocks(blocks))
+            out = " ‖ ".join(f"b{b}" for b in self.concat(kind))
             lines.append(f"{kind} cell (output = {out}):")
             lines += [f"  b{b} = {block}" for b, block in enumerate(blocks)]
         return "\n".join(lines)
 
 
-def from_darts(normal, reduce, combine: str = "add") -> Genotype:
-    """A genotype from DARTS-style lists ``[(op, input), (op, input), ...]`` (two per block)."""
+def from_darts(normal, reduce, combine: str = "add", normal_concat=None, reduce_concat=None) -> Genotype:
+    """A genotype from DARTS-style lists ``[(op, input), (op, input), ...]`` (two per block) and,
+    optionally, DARTS' ``normal_concat`` / ``reduce_concat`` (state indices; None: the unused blocks)."""
     def cell(pairs):
         names = {"skip_connect": "identity", "conv_7x1_1x7": "conv_1x7_7x1"}
         pairs = [(names.get(op, op), i) for op, i in pairs]
         return tuple(Block((a[1], b[1]), (a[0], b[0]), combine) for a, b in zip(pairs[::2], pairs[1::2]))
-    return Genotype(cell(normal), cell(reduce))
+    return Genotype(cell(normal), cell(reduce), normal_concat, reduce_concat)
 
 
 # NASNet-A (Zoph et al. 2018, Fig. 4) and AmoebaNet-A (Real et al. 2019, Fig. 4), as transcribed
@@ -274,13 +306,28 @@ AMOEBANET_A = from_darts(
     reduce=[("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_7x7", 2),
             ("sep_conv_7x7", 0), ("avg_pool_3x3", 1), ("max_pool_3x3", 0), ("max_pool_3x3", 1),
             ("conv_1x7_7x1", 0), ("sep_conv_3x3", 5)])
-# The cell DARTS found (Liu et al. 2019, "DARTS_V2" in its genotypes.py): four blocks. DARTS
-# concatenates all four block outputs; built here, a cell concatenates only the unused ones.
+# The cells DARTS found (Liu et al. 2019), exactly as in its cnn/genotypes.py (quark0/darts, from
+# commit a00cad0 on): DARTS_V1 is the cell of the first code release (named "DARTS" there), DARTS_V2
+# the one a later commit added ("new genotypes obtained by rerunning the experiments") and made
+# the default (``DARTS = DARTS_V2``), the cell usually meant by "the DARTS cell". Four blocks;
+# DARTS concatenates all four block outputs (states 2..5), also those another block reads, hence
+# the explicit concat. ``dil_conv_3x3`` is built here as the NASNet op (a dilated full 3×3
+# convolution); DARTS' own is a dilated depthwise-separable one.
+DARTS_V1 = from_darts(
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+    reduce_concat=[2, 3, 4, 5])
 DARTS_V2 = from_darts(
-    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("identity", 0), ("sep_conv_3x3", 1),
-            ("identity", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("identity", 2)],
-    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("identity", 2), ("max_pool_3x3", 0),
-            ("max_pool_3x3", 0), ("identity", 2), ("identity", 2), ("avg_pool_3x3", 0)])
+    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    reduce_concat=[2, 3, 4, 5])
+DARTS = DARTS_V2
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,8 +422,7 @@ class SearchSpace:
         else:
             block = Block(block.inputs, block.ops, rng.choice([c for c in self.combiners if c != block.combine]))
         cell[b] = block
-        normal, reduce = (cell, genotype.reduce) if kind == "normal" else (genotype.normal, cell)
-        return Genotype(tuple(normal), tuple(reduce))
+        return dataclasses.replace(genotype, **{kind: tuple(cell)})  # keeps the concat choices
 
 
 NASNET_SPACE = SearchSpace()
@@ -410,11 +456,12 @@ class Cell(nn.Module):
 
     Both cell inputs are first brought to ``channels`` channels (1×1 convolutions; a
     ``FactorizedReduce`` for ``h[i-1]`` when the previous cell was a reduction and ``h[i-1]``
-    is therefore twice as large). Output: the unused block outputs, concatenated.
+    is therefore twice as large). Output: the outputs of the blocks ``concat`` (block indices;
+    default: the unused blocks), concatenated.
     """
 
     def __init__(self, blocks, c_prev_prev: int, c_prev: int, channels: int, reduction: bool,
-                 reduction_prev: bool):
+                 reduction_prev: bool, concat=None):
         super().__init__()
         C = channels
         self.reduction = reduction
@@ -427,7 +474,7 @@ class Cell(nn.Module):
             for block in blocks)
         self.project = nn.ModuleDict({str(b): ReLUConvBN(2 * C, C, 1)
                                       for b, block in enumerate(blocks) if block.combine == "concat"})
-        self.concat = unused_blocks(blocks)
+        self.concat = unused_blocks(blocks) if concat is None else list(concat)
         self.out_channels = len(self.concat) * C
 
     def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
@@ -466,10 +513,10 @@ class NASNet(nn.Module):
         for stage in range(stages):
             if stage > 0:
                 C *= 2
-                cells.append(Cell(genotype.reduce, c_pp, c_p, C, True, reduction_prev))
+                cells.append(Cell(genotype.reduce, c_pp, c_p, C, True, reduction_prev, genotype.concat("reduce")))
                 c_pp, c_p, reduction_prev = c_p, cells[-1].out_channels, True
             for _ in range(cells_per_stage):
-                cells.append(Cell(genotype.normal, c_pp, c_p, C, False, reduction_prev))
+                cells.append(Cell(genotype.normal, c_pp, c_p, C, False, reduction_prev, genotype.concat("normal")))
                 c_pp, c_p, reduction_prev = c_p, cells[-1].out_channels, False
         self.cells = nn.ModuleList(cells)
         self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_p, num_classes))
@@ -588,7 +635,7 @@ def draw_cell(genotype: Genotype, kind: str = "normal", ax=None, title: str | No
             entry = (-0.22 + 0.44 * slot) * W if same_side else -0.22 * W
             edges.append((i, 0 if i < 2 else side, target, side, entry, bulge, op,
                           PARAMETER_FREE_COLOR if op in PARAMETER_FREE else WEIGHTED_COLOR))
-    for k, b in enumerate(reversed(unused_blocks(blocks))):
+    for k, b in enumerate(reversed(genotype.concat(kind))):
         span = (out[0] - pos[b + 2][0]) / step
         side = 0 if span <= 1 else (-1) ** k
         edges.append((b + 2, side, out, side, 0.0, side * (0.15 + 0.15 * span), None, OUTPUT_COLOR))
