@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab test test-fast test-browser exercises grade notebooks bench dry-run-full clean
+.PHONY: setup data lab test test-fast test-browser exercises grade notebooks bench dry-run-full clean
 
 # A virtual environment with cnnlib (editable) and everything the lectures and tests need.
 $(STAMP): pyproject.toml
@@ -13,17 +13,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) data
+
+# Fashion-MNIST for the medium profile (cnnlib/data.py looks in $$CNNLIB_DATA, then in Debian's
+# package). As root on a Debian-family system: install the package; elsewhere: say how to get it.
+# The quick profile needs none of this (its digits ship inside scikit-learn).
+data: $(STAMP)
+	@if $(BIN)/python -c "import sys, cnnlib.data as d; sys.exit(not d.fashion_mnist_available())"; then \
+	  echo "Fashion-MNIST: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Fashion-MNIST: apt-get install dataset-fashion-mnist"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+	  echo "Fashion-MNIST not found: the course runs in the quick profile. For the medium profile run"; \
+	  echo "  sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu), or, with internet,"; \
+	  echo "  $(BIN)/python -c \"import cnnlib; cnnlib.load('fashion-mnist')\""; \
+	fi
 
 # Start JupyterLab with the file browser on lectures/ (cnnlib/course/lab.py: the course's
 # JupyterLab defaults, and --allow-root where Jupyter needs it).
-lab: $(STAMP)
+lab: setup
 	$(BIN)/cnn-course lab
 
 # Every test: unit tests, course-structure tests, and every lecture and solution notebook
 # executed top to bottom in the quick profile (nbval).
-test: $(STAMP)
-	CNNLIB_PROFILE=quick $(BIN)/python -m pytest --nbval-lax
+# A fresh result cache, so the notebooks' times are what a new machine sees (conftest.py prints
+# each notebook's cold time against its 90 s budget).
+test: setup
+	CNNLIB_PROFILE=quick CNNLIB_CACHE=$$(mktemp -d -t cnnlib-test-cache-XXXXXX) $(BIN)/python -m pytest --nbval-lax
 
 # Unit and structure tests only (no notebook execution).
 test-fast: $(STAMP)

@@ -4,7 +4,7 @@ The short public API a notebook needs::
 
     import cnnlib
     P = cnnlib.setup()                       # profile, device, seed — printed
-    cfg = P.choose(quick=dict(epochs=5), full=dict(epochs=40))
+    cfg = P.choose(quick=dict(epochs=5), medium=dict(epochs=10), full=dict(epochs=40))
     data = cnnlib.load()                     # digits (quick) or CIFAR-10 (full), on the device
     net = cnnlib.models.create("vgg11", num_classes=data.num_classes, in_channels=data.in_channels, small=True)
     hist = cnnlib.fit(net, data.resize(32), epochs=cfg["epochs"])

@@ -10,6 +10,11 @@ Datasets
 ``digits``
     scikit-learn's 1,797 handwritten digits (8×8 grey levels, 10 classes), shipped inside the
     installed scikit-learn package: no download, ever. The default in the quick profile.
+``fashion-mnist``
+    Zalando's Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28×28 photos of clothes in
+    10 classes. Found, in this order, in ``$CNNLIB_DATA/FashionMNIST/raw`` (torchvision's layout),
+    in Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), or
+    downloaded by torchvision into ``$CNNLIB_DATA``. The default in the medium profile.
 ``cifar10`` / ``cifar100``
     CIFAR (Krizhevsky 2009), 50,000 + 10,000 colour images of 32×32, through torchvision into
     ``$CNNLIB_DATA`` (default ``~/.cache/cnnlib/data``). The default in the full profile.
@@ -18,8 +23,12 @@ Photos for filter and receptive-field demos come from scikit-image's bundled ima
 """
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
+import math
 import os
+import struct
 import urllib.error
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,12 +40,16 @@ from torch import Tensor
 
 from . import profile as _profile
 
-DATASETS = ("digits", "cifar10", "cifar100")
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100")
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "horse", "brick", "grass")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says where to put it."""
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset file is on disk but unreadable (truncated, not the format); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -135,11 +148,13 @@ def load(name: str | None = None, *, device=None, size: int | None = None,
     resamples the images to ``size``×``size``.
     """
     prof = _profile.current()
-    name = (name or prof.data).lower()
+    name = (name or prof.data).lower().replace("_", "-")
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if name == "digits":
         data = _digits()
+    elif name == "fashion-mnist":
+        data = _fashion_mnist(data_root(), download)
     else:
         data = _cifar(name, data_root(), download)
     data = data.to(device if device is not None else prof.device)
@@ -169,6 +184,114 @@ def _digits() -> ImageData:
     y = torch.from_numpy(digits.target).long()
     return _normalized("digits", t[idx_train], y[idx_train], t[idx_test], y[idx_test],
                        [str(i) for i in range(10)], flip=False, pad=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST: IDX files from $CNNLIB_DATA, Debian's package, or torchvision's download
+# --------------------------------------------------------------------------------------------
+
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # package dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (LeCun's MNIST format, gzip'd if the name ends in ``.gz``) as uint8 array.
+
+    The header is two zero bytes, the element type (0x08: unsigned byte), the number of
+    dimensions, then each dimension as a big-endian 32-bit integer; the data follow row-major.
+    A file that is truncated or not in this format raises ``CorruptDatasetError`` naming it."""
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, gzip.BadGzipFile) as err:  # truncated or not gzip
+        raise CorruptDatasetError(f"{path} is unreadable ({err}); delete it and get it again") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise CorruptDatasetError(f"{path} is not an IDX file of unsigned bytes (header {raw[:4].hex()}); "
+                                  f"delete it and get it again")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header]) if len(raw) >= header else ()
+    if len(raw) != header + math.prod(dims) or not dims:
+        raise CorruptDatasetError(f"{path} holds {len(raw):,} bytes but its header promises "
+                                  f"{header + math.prod(dims):,} (dimensions {dims}): truncated? "
+                                  f"Delete it and get it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_mnist_folders(root: Path) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: torchvision's layout under ``root``, Debian's."""
+    return [root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+
+
+def _fashion_mnist_folder(root: Path) -> Path | None:
+    for folder in _fashion_mnist_folders(root):
+        if all(_idx_file(folder, stem) for pair in FASHION_MNIST_FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def fashion_mnist_available(root: Path | None = None) -> bool:
+    """Is a complete copy of Fashion-MNIST on disk (no download needed)?"""
+    return _fashion_mnist_folder(data_root() if root is None else root) is not None
+
+
+@functools.lru_cache(maxsize=2)
+def _read_fashion_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for split, (images, labels) in FASHION_MNIST_FILES.items():
+        x, y = read_idx(_idx_file(folder, images)), read_idx(_idx_file(folder, labels))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or (y.size and y.max() >= 10):
+            raise CorruptDatasetError(
+                f"{folder}: {images} has shape {x.shape} and {labels} shape {y.shape} (labels up to "
+                f"{y.max() if y.size else None}); expected N×28×28 images and N labels in 0–9")
+        out[split] = x, y
+    return out
+
+
+def _fashion_mnist(root: Path, download: bool) -> ImageData:
+    """Fashion-MNIST from disk (see ``_fashion_mnist_folders``), else torchvision's download."""
+    folder = _fashion_mnist_folder(root)
+    if folder is None:
+        from torchvision import datasets
+
+        if not download or os.environ.get("CNNLIB_OFFLINE"):
+            raise _fashion_mnist_missing(root, "downloading is switched off")
+        try:
+            datasets.FashionMNIST(str(root), train=True, download=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as err:
+            raise _fashion_mnist_missing(root, f"the download failed: {err}") from None
+        folder = _fashion_mnist_folder(root)
+    arrays = _read_fashion_mnist(folder)
+
+    def tensors(split):
+        x, y = arrays[split]
+        return torch.from_numpy(x.copy()).unsqueeze(1).float().div_(255), torch.from_numpy(y.astype(np.int64))
+
+    return _normalized("fashion-mnist", *tensors("train"), *tensors("test"), FASHION_MNIST_CLASSES,
+                       flip=True, pad=2)
+
+
+def _fashion_mnist_missing(root: Path, why: str) -> DatasetNotFoundError:
+    mine, debian = _fashion_mnist_folders(root)
+    files = ", ".join(stem + ".gz" for pair in FASHION_MNIST_FILES.values() for stem in pair)
+    return DatasetNotFoundError(
+        f"Fashion-MNIST is not on this machine and {why}. Any one of these provides it:\n"
+        f"  1. Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (puts the files in {debian});\n"
+        f"  2. copy the four files ({files}) into {mine} (or point CNNLIB_DATA at a folder whose "
+        f"FashionMNIST/raw/ has them);\n"
+        f"  3. with internet: cnnlib.load('fashion-mnist') downloads them there through torchvision.\n"
+        f"Without it, the quick profile runs on the embedded digits: CNNLIB_PROFILE=quick or load('digits').")
 
 
 def _cifar(name: str, root: Path, download: bool) -> ImageData:

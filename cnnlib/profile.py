@@ -2,15 +2,19 @@
 
 Every notebook starts with ``P = cnnlib.setup()``. That one call
 
-* picks the profile — ``quick`` (CPU, embedded data, tiny models, about a minute per notebook)
-  or ``full`` (one GPU, CIFAR-10, the papers' model sizes); ``CNNLIB_PROFILE`` overrides the
-  automatic choice (``full`` when CUDA is present, else ``quick``);
+* picks the profile — ``quick`` (embedded digits, tiny models: proves the code runs, ≤ 90 s per
+  notebook on 2 cores), ``medium`` (a laptop CPU: Fashion-MNIST, sized so each lecture's headline
+  effect rises above noise in ≤ 6 minutes) or ``full`` (one GPU, CIFAR-10, the papers' model
+  sizes). ``CNNLIB_PROFILE`` overrides the automatic choice: ``full`` when CUDA is present, else
+  ``medium`` when Fashion-MNIST is on disk, else ``quick`` (with a hint on how to get it);
 * picks the device and seeds Python, NumPy and PyTorch;
 * prints one line saying all of that, so a reader always knows what scale they are looking at.
 
 An experiment states its scale in one visible place::
 
-    cfg = P.choose(quick=dict(depths=(8, 20), epochs=4), full=dict(depths=(20, 56), epochs=40))
+    cfg = P.choose(quick=dict(depths=(8, 20), epochs=4),
+                   medium=dict(depths=(8, 32), epochs=8),
+                   full=dict(depths=(20, 56), epochs=40))
 """
 from __future__ import annotations
 
@@ -21,13 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PROFILES = ("quick", "full")
-DEFAULT_DATA = {"quick": "digits", "full": "cifar10"}
+PROFILES = ("quick", "medium", "full")
+DEFAULT_DATA = {"quick": "digits", "medium": "fashion-mnist", "full": "cifar10"}
+MEDIUM_HINT = ("cnnlib: the quick profile shows that the code runs, rarely the papers' effects; for those "
+               "on this CPU get Fashion-MNIST (`sudo apt-get install dataset-fashion-mnist`, or "
+               "cnnlib.load('fashion-mnist') once with internet) and rerun: the medium profile is then the default.")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The scale an experiment runs at. ``name`` is ``"quick"`` or ``"full"``."""
+    """The scale an experiment runs at. ``name`` is ``"quick"``, ``"medium"`` or ``"full"``."""
 
     name: str
     device: torch.device
@@ -38,24 +45,31 @@ class Profile:
     def quick(self) -> bool:
         return self.name == "quick"
 
-    def choose(self, *, quick, full):
-        """Return ``quick`` or ``full`` according to this profile."""
-        return quick if self.quick else full
+    def choose(self, *, quick, medium, full):
+        """Return ``quick``, ``medium`` or ``full`` according to this profile (all three are
+        required: every experiment states its scale at every profile)."""
+        return {"quick": quick, "medium": medium, "full": full}[self.name]
 
     def __str__(self) -> str:
         return f"profile={self.name} device={self.device} data={self.data} seed={self.seed}"
 
 
-def resolve_profile_name(env: dict | None = None, cuda: bool | None = None) -> str:
-    """The profile this process runs in: ``CNNLIB_PROFILE`` if set, else full iff CUDA is present."""
+def resolve_profile_name(env: dict | None = None, cuda: bool | None = None,
+                         fashion_mnist: bool | None = None) -> str:
+    """The profile this process runs in: ``CNNLIB_PROFILE`` if set; else ``full`` with CUDA;
+    else ``medium`` if Fashion-MNIST is on disk (``data.fashion_mnist_available``); else ``quick``."""
     env = os.environ if env is None else env
     name = env.get("CNNLIB_PROFILE", "").strip().lower()
     if name:
         if name not in PROFILES:
             raise ValueError(f"CNNLIB_PROFILE={name!r} is not a profile; choose one of {PROFILES}")
         return name
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    return "full" if cuda else "quick"
+    if torch.cuda.is_available() if cuda is None else cuda:
+        return "full"
+    if fashion_mnist is None:
+        from .data import fashion_mnist_available
+        fashion_mnist = fashion_mnist_available()
+    return "medium" if fashion_mnist else "quick"
 
 
 def default_device() -> torch.device:
@@ -108,9 +122,11 @@ def setup(seed: int = 0, profile: str | None = None, device: str | torch.device 
     if verbose:
         threads = f" threads={torch.get_num_threads()}" if dev.type == "cpu" else ""
         print(f"cnnlib: {_current}{threads} torch={torch.__version__}")
+        if name == "quick" and profile is None and not os.environ.get("CNNLIB_PROFILE"):
+            print(MEDIUM_HINT)  # quick was chosen for want of data, not asked for
     return _current
 
 
-def choose(*, quick, full):
-    """Module-level shortcut for ``current().choose(quick=..., full=...)``."""
-    return current().choose(quick=quick, full=full)
+def choose(*, quick, medium, full):
+    """Module-level shortcut for ``current().choose(quick=..., medium=..., full=...)``."""
+    return current().choose(quick=quick, medium=medium, full=full)

@@ -8,11 +8,17 @@ A quick run measures error rates on a few hundred test images, so two networks' 
 chance by a point or more. ``rate_difference`` gives a difference with its standard error and
 ``verdict`` reads it against a paper's claim: only a difference beyond two standard errors
 counts.
+
+Every "paper vs. this run" table goes through ``scored``, which records its rows on the
+*fidelity scoreboard*: ``bench/fidelity.py`` runs the lectures and counts, per lecture and
+profile, how many of the papers' claims this course reproduces.
 """
 from __future__ import annotations
 
 import html
+import json
 import math
+import os
 from typing import Any, Sequence
 
 AGREES, CONTRADICTS, NOISE, NO_RESULT = "✓ agrees", "✗ contradicts", "within noise", "no result (diverged)"
@@ -30,6 +36,31 @@ def rate_difference(a: float, n_a: int, b: float, n_b: int) -> tuple[float, floa
     return b - a, math.sqrt(a * (1 - a) / n_a + b * (1 - b) / n_b)
 
 
+def difference_verdict(gap: float, se: float, expect: int) -> str:
+    """Read a measured difference ``gap`` (± standard error ``se``) against a paper's direction
+    ``expect`` (+1: the paper says the difference is positive, −1: negative): ``"✓ agrees"`` or
+    ``"✗ contradicts"`` beyond two standard errors, else ``"within noise"``; NaN: no result."""
+    if expect not in (1, -1):
+        raise ValueError(f"expect is +1 (b higher than a) or -1 (b lower), got {expect}")
+    if math.isnan(gap) or math.isnan(se):
+        return NO_RESULT
+    if abs(gap) <= 2 * se:
+        return NOISE
+    return AGREES if gap * expect > 0 else CONTRADICTS
+
+
+def mean_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """``mean(b) − mean(a)`` for two independent samples (e.g. curvatures along random directions,
+    accuracies over seeds) and its standard error √(s_a²/n_a + s_b²/n_b)."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a standard error needs at least two values per sample, got {len(a)} and {len(b)}")
+    def mean_var(v):
+        m = sum(v) / len(v)
+        return m, sum((x - m) ** 2 for x in v) / (len(v) - 1)
+    (ma, va), (mb, vb) = mean_var(a), mean_var(b)
+    return mb - ma, math.sqrt(va / len(a) + vb / len(b))
+
+
 def verdict(a: float, n_a: int, b: float, n_b: int, expect: int) -> str:
     """Does this run's rate ``b`` differ from ``a`` the way a paper says (``expect`` +1: ``b`` is
     higher, −1: ``b`` is lower)? ``"✓ agrees"`` or ``"✗ contradicts"`` when the difference is
@@ -39,10 +70,7 @@ def verdict(a: float, n_a: int, b: float, n_b: int, expect: int) -> str:
         raise ValueError(f"expect is +1 (b higher than a) or -1 (b lower), got {expect}")
     if math.isnan(a) or math.isnan(b):
         return NO_RESULT
-    gap, se = rate_difference(a, n_a, b, n_b)
-    if abs(gap) <= 2 * se:
-        return NOISE
-    return AGREES if gap * expect > 0 else CONTRADICTS
+    return difference_verdict(*rate_difference(a, n_a, b, n_b), expect)
 
 
 def _fmt(value: Any) -> str:
@@ -97,3 +125,55 @@ class Table:
         title = f"<caption><b>{html.escape(self.title)}</b></caption>" if self.title else ""
         note = f"<p><i>{html.escape(self.note)}</i></p>" if self.note else ""
         return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+# --------------------------------------------------------------------------------------------
+# The fidelity scoreboard
+# --------------------------------------------------------------------------------------------
+
+SCOREBOARD_ENV = "CNNLIB_SCOREBOARD"  # a JSON-lines file every scored row is appended to
+OUTCOMES = ("agrees", "within noise", "contradicts", "no result")
+scoreboard: list[dict] = []           # this process's rows, in the order they were scored
+
+
+def outcome(verdict_text: str) -> str:
+    """The class of a verdict cell: ``agrees`` (✓…), ``contradicts`` (✗…), ``within noise``,
+    or ``no result`` (a diverged run, or a row with no verdict)."""
+    text = str(verdict_text or "")
+    if text.startswith("✓"):
+        return "agrees"
+    if text.startswith("✗"):
+        return "contradicts"
+    return "within noise" if "noise" in text else "no result"
+
+
+def scored(table: Table, *, headline: str) -> Table:
+    """Record every row of a "paper vs. this run" table on the fidelity scoreboard; return it.
+
+    The table's first column names the claim; it needs a column starting with ``paper``, one
+    starting with ``this run`` and one named ``verdict``. ``headline`` is the claim the lecture
+    is about (the one ``bench/fidelity.py`` counts per lecture); it must be one of the rows.
+    Rows go to ``report.scoreboard`` and, when ``$CNNLIB_SCOREBOARD`` names a file, are appended
+    to it as JSON lines together with the profile and dataset."""
+    from . import profile
+
+    def col(prefix):
+        found = [i for i, c in enumerate(table.columns) if c.lower().startswith(prefix)]
+        if not found:
+            raise ValueError(f"a scored table needs a column starting with {prefix!r}; it has {table.columns}")
+        return found[0]
+
+    paper, run, verdict_col = col("paper"), col("this run"), col("verdict")
+    claims = [str(r[0]) for r in table.rows]
+    if headline not in claims:
+        raise ValueError(f"headline {headline!r} is not a claim of this table; its claims are {claims}")
+    prof = profile.current()
+    rows = [dict(claim=str(r[0]), paper=_fmt(r[paper]), measured=_fmt(r[run]), verdict=str(r[verdict_col]),
+                 outcome=outcome(r[verdict_col]), headline=str(r[0]) == headline, profile=prof.name,
+                 data=prof.data) for r in table.rows]
+    scoreboard.extend(rows)
+    path = os.environ.get(SCOREBOARD_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return table

@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import pickle
 import urllib.error
@@ -29,7 +30,7 @@ def test_digits_are_embedded_real_images_with_a_fixed_split(digits):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known datasets: digits, cifar10, cifar100"):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known datasets: digits, fashion-mnist, cifar10, cifar100"):
         cnnlib.load("mnist")
 
 
@@ -141,3 +142,118 @@ def test_cifar_failed_download_is_the_same_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
     with pytest.raises(D.DatasetNotFoundError, match="download failed: .*no network"):
         cnnlib.load("cifar100")
+
+
+# --------------------------------------------------------------------------------------------
+# Fashion-MNIST: the real IDX reader on tiny files in the real format, written here
+# --------------------------------------------------------------------------------------------
+
+def write_idx(path, array, compress=True):
+    """An IDX file as LeCun's and Zalando's are: 0x0000, type 0x08, ndim, big-endian dims, bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def write_tiny_fashion_mnist(folder, n_train=30, n_test=20, compress=True):
+    rng = np.random.default_rng(0)
+    arrays = {"train": (rng.integers(0, 256, (n_train, 28, 28)), np.arange(n_train) % 10),
+              "test": (rng.integers(0, 256, (n_test, 28, 28)), (np.arange(n_test) * 3) % 10)}
+    suffix = ".gz" if compress else ""
+    for split, (images, labels) in D.FASHION_MNIST_FILES.items():
+        write_idx(folder / (images + suffix), arrays[split][0], compress)
+        write_idx(folder / (labels + suffix), arrays[split][1], compress)
+    return arrays
+
+
+@pytest.fixture
+def no_system_fashion_mnist(tmp_path, monkeypatch):
+    """Neither Debian's copy nor anything under CNNLIB_DATA: only what a test writes."""
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setenv("CNNLIB_DATA", str(tmp_path / "data"))
+    D._read_fashion_mnist.cache_clear()
+    yield tmp_path
+    D._read_fashion_mnist.cache_clear()
+
+
+def test_read_idx_reads_the_big_endian_header_and_the_bytes(tmp_path):
+    a = np.arange(2 * 3 * 5).reshape(2, 3, 5)
+    for compress in (True, False):
+        path = write_idx(tmp_path / f"a{'.gz' if compress else ''}", a, compress)
+        got = D.read_idx(path)
+        assert got.dtype == np.uint8 and got.shape == (2, 3, 5) and np.array_equal(got, a)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_loads_from_the_data_folder_in_torchvisions_layout(no_system_fashion_mnist, compress):
+    arrays = write_tiny_fashion_mnist(no_system_fashion_mnist / "data" / "FashionMNIST" / "raw", compress=compress)
+    data = cnnlib.load("fashion-mnist", device="cpu")
+    assert (len(data.x_train), len(data.x_test), data.image_shape) == (30, 20, (1, 28, 28))
+    assert data.classes[0] == "T-shirt/top" and data.classes[9] == "Ankle boot" and data.num_classes == 10
+    assert data.y_train.tolist() == arrays["train"][1].tolist() and data.y_test.tolist() == arrays["test"][1].tolist()
+    raw = torch.from_numpy(arrays["test"][0].astype(np.float32) / 255)
+    torch.testing.assert_close(data.denormalize(data.x_test)[:, 0], raw, atol=1e-5, rtol=0)
+    assert abs(float(data.x_train.mean())) < 1e-5 and data.flip and D.fashion_mnist_available()
+
+
+def test_fashion_mnist_falls_back_to_debians_folder(no_system_fashion_mnist):
+    assert not D.fashion_mnist_available()
+    write_tiny_fashion_mnist(no_system_fashion_mnist / "debian", n_train=10, n_test=10)
+    assert D.fashion_mnist_available()
+    assert len(cnnlib.load("fashion_mnist", device="cpu").x_train) == 10  # underscore spelling too
+    write_tiny_fashion_mnist(no_system_fashion_mnist / "data" / "FashionMNIST" / "raw", n_train=12, n_test=10)
+    D._read_fashion_mnist.cache_clear()
+    assert len(cnnlib.load("fashion-mnist", device="cpu").x_train) == 12  # CNNLIB_DATA comes first
+
+
+def test_fashion_mnist_missing_names_every_way_to_get_it(no_system_fashion_mnist):
+    with pytest.raises(D.DatasetNotFoundError) as err:
+        cnnlib.load("fashion-mnist")
+    msg = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and str(no_system_fashion_mnist / "debian") in msg
+    assert str(no_system_fashion_mnist / "data" / "FashionMNIST" / "raw") in msg and "train-images-idx3-ubyte.gz" in msg
+    assert "downloads them" in msg and "switched off" in msg
+
+
+def test_fashion_mnist_failed_download_is_the_same_clear_error(no_system_fashion_mnist, monkeypatch):
+    monkeypatch.delenv("CNNLIB_OFFLINE")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    with pytest.raises(D.DatasetNotFoundError, match="(?s)download failed: .*no network.*apt-get install"):
+        cnnlib.load("fashion-mnist")
+
+
+@pytest.mark.parametrize("damage", ["truncated gzip", "truncated data", "not idx", "wrong labels"])
+def test_a_corrupt_fashion_mnist_file_is_a_clear_error_naming_it(no_system_fashion_mnist, damage):
+    folder = no_system_fashion_mnist / "data" / "FashionMNIST" / "raw"
+    write_tiny_fashion_mnist(folder)
+    path = folder / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    if damage == "truncated gzip":
+        path.write_bytes(path.read_bytes()[:-20])
+        match = "unreadable"
+    elif damage == "truncated data":
+        path.write_bytes(gzip.compress(raw[:-100]))
+        match = "holds 23,436 bytes but its header promises 23,536"
+    elif damage == "not idx":
+        path.write_bytes(gzip.compress(b"<html>404</html>"))
+        match = "is not an IDX file"
+    else:
+        path = folder / "train-labels-idx1-ubyte.gz"
+        write_idx(path, np.full(30, 12))
+        match = "labels in 0–9"
+    with pytest.raises(D.CorruptDatasetError, match=match) as err:
+        cnnlib.load("fashion-mnist")
+    assert str(path if damage != "wrong labels" else folder) in str(err.value)
+
+
+@pytest.mark.skipif(not D.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debians_fashion_mnist_is_the_real_dataset():
+    data = cnnlib.load("fashion-mnist", device="cpu")
+    assert (len(data.x_train), len(data.x_test), data.image_shape) == (60000, 10000, (1, 28, 28))
+    assert torch.bincount(data.y_test).tolist() == [1000] * 10

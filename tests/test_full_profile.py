@@ -32,7 +32,7 @@ def test_lecture_01_runs_in_the_full_profile_on_cifar_shaped_data(dry_run, capsy
 def test_a_failing_cell_fails_the_dry_run(dry_run, tmp_path, monkeypatch, capsys):
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("import cnnlib\nP = cnnlib.setup(seed=0)\n"
-                                  "cfg = P.choose(quick=dict(epochs=9), full=dict(epochs=30))"),
+                                  "cfg = P.choose(quick=dict(epochs=9), medium=dict(epochs=20), full=dict(epochs=30))"),
         nbformat.v4.new_code_cell("assert cfg['epochs'] == 1, cfg\nraise ValueError('only in full')")])
     nbformat.write(nb, tmp_path / "99_broken.ipynb")
     monkeypatch.setattr(dry_run, "LECTURES", tmp_path)

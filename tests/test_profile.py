@@ -14,10 +14,23 @@ def test_this_test_run_is_in_the_quick_profile():
     assert cnnlib.setup(verbose=False).name == "quick"
 
 
-def test_profile_is_full_with_cuda_and_quick_without():
-    assert profile.resolve_profile_name(env={}, cuda=True) == "full"
-    assert profile.resolve_profile_name(env={}, cuda=False) == "quick"
+def test_profile_is_full_with_cuda_then_medium_with_fashion_mnist_then_quick():
+    assert profile.resolve_profile_name(env={}, cuda=True, fashion_mnist=True) == "full"
+    assert profile.resolve_profile_name(env={}, cuda=False, fashion_mnist=True) == "medium"
+    assert profile.resolve_profile_name(env={}, cuda=False, fashion_mnist=False) == "quick"
     assert profile.resolve_profile_name(env={"CNNLIB_PROFILE": "full"}, cuda=False) == "full"
+    assert profile.resolve_profile_name(env={"CNNLIB_PROFILE": " Medium "}, cuda=True) == "medium"
+
+
+def test_quick_by_default_prints_how_to_get_the_medium_profile(monkeypatch, capsys):
+    monkeypatch.delenv("CNNLIB_PROFILE")
+    monkeypatch.setattr(profile.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cnnlib.data, "fashion_mnist_available", lambda root=None: False)
+    assert cnnlib.setup().name == "quick"
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().out
+    monkeypatch.setenv("CNNLIB_PROFILE", "quick")
+    cnnlib.setup()
+    assert "apt-get" not in capsys.readouterr().out  # asked for: no hint
 
 
 def test_unknown_profile_is_a_clear_error():
@@ -28,11 +41,12 @@ def test_unknown_profile_is_a_clear_error():
 
 
 def test_choose_follows_the_profile():
-    quick = cnnlib.setup(profile="quick", verbose=False)
-    assert quick.choose(quick=1, full=2) == 1 and cnnlib.choose(quick=1, full=2) == 1
-    full = cnnlib.setup(profile="full", device="cpu", verbose=False)
-    assert full.choose(quick=1, full=2) == 2 and cnnlib.choose(quick=1, full=2) == 2
-    assert full.data == "cifar10" and quick.data == "digits"
+    for name, value, data in (("quick", 1, "digits"), ("medium", 2, "fashion-mnist"), ("full", 3, "cifar10")):
+        p = cnnlib.setup(profile=name, device="cpu", verbose=False)
+        assert p.choose(quick=1, medium=2, full=3) == value == cnnlib.choose(quick=1, medium=2, full=3)
+        assert p.data == data and p.name == name
+    with pytest.raises(TypeError, match="medium"):
+        p.choose(quick=1, full=3)  # every experiment states all three scales
     cnnlib.setup(verbose=False)
 
 
