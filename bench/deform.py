@@ -46,7 +46,7 @@ def main() -> None:
     fused = median_time(step(torchvision_deform_conv2d), device, args.repeats)
     print(f"deformable 3×3 conv, {c}→{c} channels, {b}×{s}×{s}, {args.offset_groups} offset group(s), "
           f"modulated, forward+backward on {device} ({torch.get_num_threads()} threads)")
-    print(f"  pure PyTorch (grid_sample + einsum): {1e3 * readable:8.1f} ms")
+    print(f"  pure PyTorch (gather + einsum):      {1e3 * readable:8.1f} ms")
     print(f"  torchvision.ops.deform_conv2d:       {1e3 * fused:8.1f} ms")
     print(f"  ratio pure PyTorch / torchvision:    {readable / fused:8.2f}×  "
           f"(the {'readable' if readable < fused else 'torchvision'} op is "

@@ -63,6 +63,55 @@ def test_random_offsets_match_torchvision_in_forward_and_every_gradient(seed):
                                        msg=lambda m, name=name: f"gradient w.r.t. {name}: {m}")
 
 
+# Integer sampling positions (zero offsets, where training starts, or whole-pixel offsets) sit on the
+# kinks of the bilinear interpolation: the offset gradient there is a one-sided derivative, and
+# torchvision's is the right-sided one (corners ⌊p⌋ and ⌊p⌋ + 1). On maps whose side is not a power
+# of two, normalized grid_sample coordinates used to land just below the integer (left-sided).
+INTEGER_CONFIGS = [
+    dict(batch=2, c_in=3, c_out=4, groups=1, offset_groups=1, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), mask=True, bias=True),
+    dict(batch=1, c_in=4, c_out=2, groups=2, offset_groups=2, kernel=(3, 3), stride=(2, 1), padding=(2, 0),
+         dilation=(2, 1), mask=False, bias=False),
+    dict(batch=2, c_in=2, c_out=3, groups=1, offset_groups=2, kernel=(2, 3), stride=(1, 2), padding=(0, 1),
+         dilation=(1, 3), mask=True, bias=True),
+]
+
+
+@pytest.mark.parametrize("offsets", ["zero", "integer"])
+@pytest.mark.parametrize("size", [(20, 20), (23, 23), (28, 28), (20, 23)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("which", range(len(INTEGER_CONFIGS)), ids=[f"int{i}" for i in range(len(INTEGER_CONFIGS))])
+def test_integer_offsets_match_torchvision_on_maps_that_are_not_a_power_of_two(which, size, offsets):
+    cfg, gen = dict(INTEGER_CONFIGS[which], size=size), torch.Generator().manual_seed(100 + size[0] + size[1])
+    ours_t = _tensors(cfg, gen)
+    with torch.no_grad():
+        if offsets == "zero":
+            ours_t["offset"].zero_()
+        else:   # whole pixels, many of them leaving the image
+            ours_t["offset"].copy_(torch.randint(-3, 4, ours_t["offset"].shape, generator=gen).float())
+    ref_t = {n: v.detach().clone().requires_grad_(True) if v is not None else None for n, v in ours_t.items()}
+    ours, ref = _run(deform_conv2d, ours_t, cfg), _run(tv_deform_conv2d, ref_t, cfg)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    upstream = torch.randn(ref.shape, generator=gen)
+    (ours * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    for name in ("x", "offset", "weight", "bias", "mask"):
+        if ours_t[name] is not None:
+            torch.testing.assert_close(ours_t[name].grad, ref_t[name].grad, atol=1e-4, rtol=1e-4,
+                                       msg=lambda m, name=name: f"gradient w.r.t. {name}: {m}")
+
+
+@pytest.mark.parametrize("size", [20, 23, 32])
+def test_the_offset_gradient_at_zero_offset_is_the_right_sided_difference(size):
+    # a 1×1 kernel of weight 1 reads x at its own pixel: d y / d Δy = x[i + 1, j] − x[i, j] (x past
+    # the last row is 0), and d y / d Δx = x[i, j + 1] − x[i, j]
+    x = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(size))
+    offset = torch.zeros(1, 2, size, size, requires_grad=True)
+    deform_conv2d(x, offset, torch.ones(1, 1, 1, 1)).sum().backward()
+    below, right = F.pad(x, (0, 0, 0, 1))[..., 1:, :], F.pad(x, (0, 1, 0, 0))[..., :, 1:]
+    torch.testing.assert_close(offset.grad[0, 0], (below - x)[0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(offset.grad[0, 1], (right - x)[0, 0], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:12], ids=[f"cfg{i}" for i in range(12)])
 def test_zero_offsets_give_the_ordinary_convolution(cfg):
     t = _tensors(cfg, torch.Generator().manual_seed(1))

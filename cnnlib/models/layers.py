@@ -137,15 +137,30 @@ def bilinear_sample(x: Tensor, points: Tensor) -> Tensor:
     """Values of ``x`` (N, C, H, W) at fractional ``(y, x)`` positions ``points`` (N, ..., 2).
 
     Bilinear interpolation between the four neighbouring pixels (Dai et al. 2017, Eq. 3–4), with
-    zeros outside the image. Returns ``(N, C, ...)``. Built on ``F.grid_sample``, which wants
-    coordinates normalized to [−1, 1]; with ``align_corners=False`` pixel ``i``'s centre sits at
-    ``(2i + 1)/size − 1``.
+    zeros outside the image. Returns ``(N, C, ...)``. Computed in pixel coordinates, so that an
+    integer position reads exactly one pixel: the corners are ``⌊p⌋`` and ``⌊p⌋ + 1`` and the upper
+    corner's weight is ``p − ⌊p⌋``, as in ``torchvision.ops.deform_conv2d``. This fixes the
+    gradient w.r.t. the position where the interpolation has a kink, at integer positions (zero
+    offsets, where training starts): it is the right-sided one, ``x[⌊p⌋ + 1] − x[⌊p⌋]``, as in
+    torchvision. (``F.grid_sample`` would need coordinates normalized to [−1, 1]; on a side that
+    is not a power of two the rounding lands an integer position just below the integer, and the
+    gradient becomes the left-sided one.)
     """
     n, c, h, w = x.shape
     shape = points.shape[1:-1]
-    y, xx = points.reshape(n, -1, 1, 2).unbind(-1)
-    grid = torch.stack([(2 * xx + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)  # grid_sample wants (x, y)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y, xx = points.reshape(n, -1, 2).unbind(-1)               # (N, P) positions, in pixels
+    y0, x0 = y.detach().floor(), xx.detach().floor()          # the top-left corner
+    ly, lx = y - y0, xx - x0                                  # in [0, 1): the far corners' weights
+    # a frame of zeros around the image: a corner outside it reads from the frame (clamped), i.e. 0
+    frame = F.pad(x, (1, 1, 1, 1)).reshape(n, c, (h + 2) * (w + 2))
+
+    def corner(dy: int, dx: int) -> Tensor:                   # x at (y0 + dy, x0 + dx): (N, C, P)
+        row = (y0 + dy).clamp(-1, h).long() + 1
+        col = (x0 + dx).clamp(-1, w).long() + 1
+        return frame.gather(2, (row * (w + 2) + col).unsqueeze(1).expand(n, c, -1))
+
+    out = (((1 - ly) * (1 - lx)).unsqueeze(1) * corner(0, 0) + ((1 - ly) * lx).unsqueeze(1) * corner(0, 1)
+           + (ly * (1 - lx)).unsqueeze(1) * corner(1, 0) + (ly * lx).unsqueeze(1) * corner(1, 1))
     return out.view(n, c, *shape)
 
 
