@@ -835,8 +835,12 @@ def neb_path(model: nn.Module, a, b, data, *, pivots: int = 3, cycles: int = 4,
                        cycles=cycles, steps=steps, lr=lr, momentum=momentum, insert=insert,
                        insert_threshold=insert_threshold, interpolate=interpolate,
                        max_pivots=max_pivots)
-        return {"points": res.points.cpu(), "energies": res.energies,
-                "saddle_energy": res.saddle_energy, "history": res.history}
+        # tensors and plain Python values only: the cache loads with torch.load(weights_only=True),
+        # which rejects NumPy arrays (the entry would never load, and every run would recompute)
+        return {"points": res.points.detach().cpu(), "energies": torch.from_numpy(np.asarray(res.energies)),
+                "saddle_energy": float(res.saddle_energy),
+                "history": [{k: float(v) if isinstance(v, float) else v for k, v in h.items()}
+                            for h in res.history]}
 
     if cache and _cache.cache_dir() is not None:
         config = ("neb", repr(model), _digest(pa, pb), _training_data(data)[2], hyper)
@@ -855,8 +859,8 @@ def neb_path(model: nn.Module, a, b, data, *, pivots: int = 3, cycles: int = 4,
         points.append(p)
     points[0], points[-1] = pa, pb
     path = Path("chain", points, knots)
-    path.meta.update(energies=np.asarray(entry["energies"]), saddle_energy=entry["saddle_energy"],
-                     history=entry["history"], **hyper)
+    path.meta.update(energies=np.asarray(entry["energies"], dtype=np.float64),
+                     saddle_energy=float(entry["saddle_energy"]), history=list(entry["history"]), **hyper)
     return path
 
 

@@ -414,6 +414,31 @@ def test_neb_path_between_networks(two_minima, digits):
     assert "saddle_energy" in path.meta and len(path.meta["energies"]) == len(path.points)
 
 
+def test_neb_path_loads_from_the_cache_the_second_time(two_minima, digits, tmp_path, monkeypatch):
+    import warnings
+    monkeypatch.setenv("CNNLIB_CACHE", str(tmp_path))
+    calls = []
+    real = C.auto_neb
+    monkeypatch.setattr(C, "auto_neb", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    a, b = two_minima
+    opts = dict(pivots=1, cycles=2, steps=3, eval_size=64, interpolate=2)
+    first = C.neb_path(a, a, b, digits, **opts)
+    assert len(calls) == 1 and len(list(tmp_path.glob("neb-*.pt"))) == 1
+    entry = torch.load(next(tmp_path.glob("neb-*.pt")), weights_only=True)   # what the cache reads
+    assert set(entry["value"]) == {"points", "energies", "saddle_energy", "history"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # an unreadable entry warns "ignoring ... recomputing"
+        again = C.neb_path(a, a, b, digits, **opts)
+    assert len(calls) == 1                                  # loaded, not recomputed
+    assert np.array_equal(again.knots, first.knots) and len(again.points) == len(first.points)
+    for p, q in zip(again.points, first.points):
+        assert all(torch.equal(p[k], q[k]) for k in q)
+    np.testing.assert_array_equal(again.meta["energies"], first.meta["energies"])
+    assert isinstance(again.meta["energies"], np.ndarray) and again.meta["energies"].dtype == np.float64
+    assert again.meta["saddle_energy"] == first.meta["saddle_energy"]
+    assert again.meta["history"] == first.meta["history"]
+
+
 # ------------------------------------------------------------------------------------------
 # Weight matching
 # ------------------------------------------------------------------------------------------
