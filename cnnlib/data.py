@@ -141,11 +141,12 @@ def data_root() -> Path:
 
 
 def load(name: str | None = None, *, device=None, size: int | None = None,
-         download: bool = True) -> ImageData:
+         subset: tuple[int | None, int | None] | None = None, download: bool = True) -> ImageData:
     """Load a dataset as normalized tensors on ``device`` (default: the profile's device).
 
-    ``name`` defaults to the profile's dataset (digits in quick, CIFAR-10 in full); ``size``
-    resamples the images to ``size``×``size``.
+    ``name`` defaults to the profile's dataset (digits in quick, Fashion-MNIST in medium,
+    CIFAR-10 in full); ``size`` resamples the images to ``size``×``size``; ``subset=(n_train,
+    n_test)`` keeps a seeded random subset of each split (``None``: all of it).
     """
     prof = _profile.current()
     name = (name or prof.data).lower().replace("_", "-")
@@ -157,6 +158,8 @@ def load(name: str | None = None, *, device=None, size: int | None = None,
         data = _fashion_mnist(data_root(), download)
     else:
         data = _cifar(name, data_root(), download)
+    if subset is not None:
+        data = data.subset(*subset)
     data = data.to(device if device is not None else prof.device)
     return data.resize(size) if size is not None else data
 

@@ -51,7 +51,9 @@ def test_lecture_reads_like_a_chapter(path):
     for heading in ("Learning goals", "Paper vs. this run", "Quiz", "Further reading"):
         assert re.search(heading, text, re.I), f"{path.name} has no '{heading}' section"
     code = "\n".join(c.source for c in _read(path).cells if c.cell_type == "code")
-    assert "P.choose(" in code, f"{path.name} must state its scale with P.choose(quick=..., full=...)"
+    assert re.search(r"P\.choose\(\s*quick=.*\bmedium=.*\bfull=", code, re.S), \
+        f"{path.name} must state its scale with P.choose(quick=..., medium=..., full=...)"
+    assert "scored(" in code, f"{path.name}: its 'paper vs. this run' table must go through report.scored(...)"
 
 
 def test_clean_strips_outputs_but_keeps_checked_ones(tmp_path):
