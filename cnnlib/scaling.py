@@ -4,8 +4,9 @@
   aimed at the same FLOPs growth ≈ 2^φ (depth d = 2^φ; width w = √2^φ; resolution r = √2^φ;
   compound d = α^φ, w = β^φ, r = γ^φ with α·β²·γ² ≈ 2);
 * ``train_scaled`` — train the small base network (``efficientnet_mini``) scaled by (d, w, r)
-  and report accuracy, multiply-adds and parameters; ``scaling_curves`` and ``grid_search`` run
-  it over φ and over the (α, β, γ) grid of the paper's step 1; ``compare_scalings`` reads the
+  and report accuracy, multiply-adds and parameters; ``scaling_curves`` runs it over φ and
+  ``grid_search`` over the (α, β, γ) grid of the paper's step 1 (ranked on a validation split
+  of the training set, never on the test set); ``compare_scalings`` reads the
   curves' last points with their standard errors and costs;
 * ``compound_summary(φ)`` — EfficientNet-B0 scaled by φ: stage table, resolution, parameters,
   multiply-adds (without running it), and ``show_compound_scaling(φ)``, the figure the
@@ -22,7 +23,8 @@ from .measure import count_params
 from .models.efficientnet import (B0_STAGES, EFFICIENTNET, EfficientNet, compound_multipliers,
                                   count_macs, efficientnet_mini, flops_factor)
 from .report import rate_difference
-from .train import fit
+from .search import validation_split
+from .train import evaluate, fit
 
 SCALINGS = ("depth", "width", "resolution", "compound")
 PAPER_COEFFICIENTS = (1.2, 1.1, 1.15)  # α, β, γ of EfficientNet-B0 (Tan & Le 2019, Sec. 4)
@@ -42,6 +44,18 @@ def multipliers(kind: str, phi: float, coefficients=PAPER_COEFFICIENTS) -> tuple
     raise ValueError(f"unknown scaling {kind!r}; choose one of {SCALINGS}")
 
 
+def _train_mini(data: ImageData, depth: float, width: float, resolution: float, *, base_resolution: int,
+                epochs: int, lr: float = 0.1, batch_size: int = 128, seed: int = 0):
+    """``efficientnet_mini`` scaled by (depth, width), trained on ``data`` resampled to
+    ``round(base_resolution · resolution)`` pixels: (network, size, history)."""
+    size = round(base_resolution * resolution)
+    torch.manual_seed(seed)
+    net = efficientnet_mini(data.num_classes, data.in_channels, width=width, depth=depth)
+    hist = fit(net, data.resize(size), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+               progress=False)
+    return net, size, hist
+
+
 def train_scaled(data: ImageData, depth: float, width: float, resolution: float, *,
                  base_resolution: int, epochs: int, lr: float = 0.1, batch_size: int = 128,
                  seed: int = 0) -> dict:
@@ -49,13 +63,14 @@ def train_scaled(data: ImageData, depth: float, width: float, resolution: float,
     ``round(base_resolution · resolution)`` pixels; return the test accuracy, multiply-adds per
     image, parameters, the rounded architecture and ``n_test``, the number of test images (for
     standard errors). Training is cached by ``cnnlib.fit``."""
-    size = round(base_resolution * resolution)
-    torch.manual_seed(seed)
-    net = efficientnet_mini(data.num_classes, data.in_channels, width=width, depth=depth)
-    hist = fit(net, data.resize(size), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-               progress=False)
+    net, size, hist = _train_mini(data, depth, width, resolution, base_resolution=base_resolution,
+                                  epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     return {"depth": depth, "width": width, "resolution": size, "acc": hist.final["test_acc"],
-            "n_test": len(data.y_test), "macs": count_macs(net, size), "params": count_params(net),
+            "n_test": len(data.y_test), **_architecture(net, size)}
+
+
+def _architecture(net, size: int) -> dict:
+    return {"macs": count_macs(net, size), "params": count_params(net),
             "blocks": sum(s.repeats for s in net.stages), "channels": tuple(s.channels for s in net.stages)}
 
 
@@ -67,10 +82,13 @@ def scaling_curves(data: ImageData, phis, *, coefficients=PAPER_COEFFICIENTS, **
             for kind in SCALINGS}
 
 
-def standard_error(result: dict) -> float:
-    """Binomial standard error of a ``train_scaled`` result's test accuracy, √(a(1−a)/n)."""
-    a = result["acc"]
-    return (a * (1 - a) / result["n_test"]) ** 0.5
+def standard_error(result: dict, key: str = "acc") -> float:
+    """Binomial standard error √(a(1−a)/n) of a result's accuracy ``key``: of a ``train_scaled``
+    result's test accuracy; of a ``grid_search`` result's ``acc``/``val_acc`` (n = ``n_val``) or
+    ``test_acc`` (n = ``n_test``)."""
+    a = result[key]
+    n = result["n_val"] if key == "val_acc" or (key == "acc" and "n_val" in result) else result["n_test"]
+    return (a * (1 - a) / n) ** 0.5
 
 
 def compare_scalings(curves: dict) -> dict:
@@ -98,14 +116,30 @@ def compare_scalings(curves: dict) -> dict:
             "cost": {kind: r["macs"] / base for kind, r in final.items()}}
 
 
-def grid_search(data: ImageData, candidates, **train) -> list[dict]:
+def grid_search(data: ImageData, candidates, *, val_size: int | None = None, val_seed: int = 0,
+                **train) -> list[dict]:
     """Step 1 of compound scaling: with φ = 1, train the base network scaled by each candidate
-    (α, β, γ) (see ``constrained_grid``); results sorted best first."""
+    (α, β, γ) (see ``constrained_grid``) and rank the candidates by **validation** accuracy.
+
+    Choosing an architecture on the test set tunes it to the test set (Lecture 04), so every
+    candidate is trained on ``data``'s training set minus ``val_size`` held-out images
+    (``search.validation_split(data, val_size, seed=val_seed)``; default: a fifth of the
+    training set) and judged on those. The test set is used once per candidate, after training,
+    for reporting only. Each result holds ``train_scaled``'s keys plus ``alpha``, ``beta``,
+    ``gamma``, ``val_acc`` and ``n_val`` (the ranking), ``test_acc`` and ``n_test`` (reported,
+    never used to choose); ``acc`` is ``val_acc``, the accuracy the ranking uses. Sorted best
+    first (highest validation accuracy). ``train``: the training settings of ``train_scaled``."""
+    val_size = max(1, len(data.x_train) // 5) if val_size is None else val_size
+    split = validation_split(data, val_size, seed=val_seed)
     results = []
     for a, b, g in candidates:
-        r = train_scaled(data, a, b, g, **train)
-        results.append({"alpha": a, "beta": b, "gamma": g, **r})
-    return sorted(results, key=lambda r: -r["acc"])
+        net, size, hist = _train_mini(split, a, b, g, **train)
+        val_acc = hist.final["test_acc"]                  # the split's "test" images are the validation set
+        test_acc = evaluate(net, data.resize(size))["acc"]  # reported only
+        results.append({"alpha": a, "beta": b, "gamma": g, "depth": a, "width": b, "resolution": size,
+                        "acc": val_acc, "val_acc": val_acc, "n_val": val_size,
+                        "test_acc": test_acc, "n_test": len(data.y_test), **_architecture(net, size)})
+    return sorted(results, key=lambda r: -r["val_acc"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -256,6 +256,47 @@ def test_train_scaled_reports_the_rounded_architecture(quiet):
     assert r["n_test"] == 32
 
 
+def test_grid_search_ranks_on_a_validation_split_and_only_reports_the_test_accuracy(quiet, monkeypatch):
+    # validation and test disagree on purpose: by validation the order is α = 1.0, 1.5, 2.5;
+    # by test accuracy it is the reverse. The ranking must follow validation.
+    data = cnnlib.load("digits").subset(train=100, test=40)
+    val_score = {1: 0.9, 2: 0.8, 3: 0.7}      # by blocks per stage: α = 1.0 → 1, 1.5 → 2, 2.5 → 3
+    test_score = {1: 0.5, 2: 0.6, 3: 0.95}
+    seen = []
+
+    def is_test(split):
+        return split.x_test.shape[0] == len(data.y_test) and torch.equal(split.y_test, data.y_test)
+
+    def score(net, split):
+        blocks_per_stage = sum(st.repeats for st in net.stages) // len(net.stages)
+        return (test_score if is_test(split) else val_score)[blocks_per_stage]
+
+    def fake_fit(net, split, **kw):
+        seen.append(split)
+        hist = cnnlib.History()
+        a = score(net, split)
+        hist.append(1, train_loss=1.0, train_acc=a, test_loss=1.0, test_acc=a, lr=0.1, time=0.0)
+        return hist
+
+    monkeypatch.setattr(scaling, "fit", fake_fit)
+    monkeypatch.setattr(scaling, "evaluate", lambda net, split, **kw: {"loss": 1.0, "acc": score(net, split)},
+                        raising=False)
+    candidates = [(1.5, 1.0, 1.0), (1.0, 1.0, 1.0), (2.5, 1.0, 1.0)]
+    grid = scaling.grid_search(data, candidates, base_resolution=6, epochs=1, val_size=20)
+    blocks = [g["blocks"] for g in grid]
+    assert [val_score[b // 3] for b in blocks] == sorted(val_score.values(), reverse=True)
+    assert [g["alpha"] for g in grid] == [1.0, 1.5, 2.5]
+    for g in grid:
+        assert g["acc"] == g["val_acc"] == val_score[g["blocks"] // 3] and g["n_val"] == 20
+        assert g["test_acc"] == test_score[g["blocks"] // 3] and g["n_test"] == 40
+        assert {"alpha", "beta", "gamma", "resolution", "macs", "params", "channels"} <= set(g)
+    # training never saw the test set, and the validation images came out of the training set
+    for split in seen:
+        assert not is_test(split) and len(split.x_train) == 80 and len(split.x_test) == 20
+    assert scaling.standard_error(grid[0]) == pytest.approx((0.9 * 0.1 / 20) ** 0.5)
+    assert scaling.standard_error(grid[0], "test_acc") == pytest.approx((0.5 * 0.5 / 40) ** 0.5)
+
+
 def test_unknown_efficientnet_name():
     with pytest.raises(ValueError, match="unknown EfficientNet 'b9'"):
         E.efficientnet("b9")
