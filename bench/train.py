@@ -11,6 +11,12 @@ loop overhead, not the recipe.
     python bench/train.py                 # both loops, all four networks, 3 seeds each
     python bench/train.py --seeds 1       # one seed (about 40 s)
     python bench/train.py --workers 2     # give the DataLoader worker processes
+    python bench/train.py --only-gflops   # just the "how close to the machine" table
+
+It then reports how close the training loop comes to the machine: for the medium profile's
+networks, the achieved GFLOP/s of ``cnnlib.fit`` (forward FLOPs per image × 3 for forward and
+backward, × images per second, from ``cnnlib.flops``) beside the GFLOP/s of a large float32
+matrix product measured in the same run — the fraction of the machine's dense peak it reaches.
 """
 from __future__ import annotations
 
@@ -87,6 +93,48 @@ def build(spec, data, seed):
     return models.create(spec.pop("name"), num_classes=data.num_classes, in_channels=1, **spec)
 
 
+# The medium profile's hot loops: (label, model spec, image side); Fashion-MNIST is 1 channel.
+MEDIUM_WORKLOAD = {
+    "LeNet-5, 32 px (L01)": (dict(name="lenet5"), 32),
+    "AlexNet-small, 32 px (L01)": (dict(name="alexnet", small=True), 32),
+    "ZFNet-small, 32 px (L01)": (dict(name="zfnet", small=True), 32),
+    "VGG-11-small, 32 px (L01)": (dict(name="vgg11", small=True), 32),
+    "ResNet-20 w16, 16 px (L02)": (dict(name="resnet_cifar", depth=20, width=16), 16),
+    "ResNet-32 w8, 16 px (L08)": (dict(name="resnet_cifar", depth=32, width=8), 16),
+}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n×n float32 matrix product on the CPU: the machine's dense peak, in practice."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = cnnlib.measure.median_time(lambda: a @ b, torch.device("cpu"), repeats=repeats)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def achieved_gflops(images: int = 4096, epochs: int = 2) -> cnnlib.report.Table:
+    """Training GFLOP/s of cnnlib.fit on each medium-profile network, as a fraction of a matmul's."""
+    fashion = cnnlib.load("fashion-mnist", device="cpu", subset=(images, 256)) \
+        if cnnlib.data.fashion_mnist_available() else None
+    source = fashion or cnnlib.load("digits", device="cpu")
+    peak = matmul_gflops()
+    rows = []
+    for label, (spec, side) in MEDIUM_WORKLOAD.items():
+        data = source.resize(side)
+        net = build(spec, data, SEED)
+        flops = cnnlib.flops(net, (1, data.in_channels, side, side))
+        history = cnnlib.fit(net, data, epochs=epochs, lr=0.05, batch_size=128, progress=False, cache=False)
+        per_second = epochs * (len(data.x_train) // 128) * 128 / history.final["time"]
+        gflops = 3 * flops * per_second / 1e9
+        rows.append((label, f"{flops / 1e6:.1f}", f"{per_second:,.0f}", f"{gflops:.1f}", f"{gflops / peak:.0%}"))
+        print(f"{label:28s} {per_second:8,.0f} images/s  {gflops:6.1f} GFLOP/s  {gflops / peak:4.0%} of the matmul's",
+              flush=True)
+    return cnnlib.report.Table(["network", "forward MFLOPs / image", "training images/s", "GFLOP/s",
+                                "of a 2048² matmul"], rows,
+                               title=f"How close to the machine: cnnlib.fit on {source.name}, batch 128; "
+                                     f"float32 matmul peak {peak:.0f} GFLOP/s, "
+                                     f"{torch.get_num_threads()} threads")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -94,9 +142,14 @@ def main():
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds per network (accuracies on 360 test images scatter by several "
                              "points between seeds, so equal accuracy is judged on the mean)")
+    parser.add_argument("--only-gflops", action="store_true", help="skip the textbook-loop comparison")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only_gflops:
+        cnnlib.setup(seed=SEED, profile="medium", device="cpu")
+        print(achieved_gflops())
+        return
 
     P = cnnlib.setup(seed=SEED, profile="quick")
     raw = cnnlib.load("digits")
@@ -146,7 +199,8 @@ def main():
               f"(standard deviation of one run {spread:.1%}; of the mean "
               f"{spread / len(values) ** 0.5:.1%})")
     gap = statistics.mean(accs["cnnlib"]) - statistics.mean(accs["textbook"])
-    print(f"accuracy difference cnnlib − textbook: {100 * gap:+.1f} points")
+    print(f"accuracy difference cnnlib − textbook: {100 * gap:+.1f} points\n")
+    print(achieved_gflops())
 
 
 if __name__ == "__main__":

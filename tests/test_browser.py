@@ -42,7 +42,7 @@ WIDGET_MANAGER = "@jupyter-widgets/jupyterlab-manager"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
-RUN_ALL_TIMEOUT = 240  # seconds for one lecture, all cells (about a minute in the quick profile)
+RUN_ALL_TIMEOUT = 240  # seconds for one lecture, all cells (well under 90 s in the quick profile)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

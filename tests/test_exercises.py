@@ -161,3 +161,15 @@ def test_exercise_gives_nothing_away(solution):
                 hidden &= not line.strip().startswith(exercises.END_HIDDEN)
             visible = "\n".join(visible).rstrip("\n")
             assert e.source == visible, f"{solution.name}: the visible tests of {exercises.grade_id(s)} changed"
+
+
+# The reference implementations the tasks forbid: the tests may import them, the setup may not.
+FORBIDDEN_IN_SETUP = {"06_dilated_deformable.ipynb": ("deform_conv2d",), "10_mode_connectivity.ipynb": ("connectivity",)}
+
+
+@pytest.mark.parametrize("name", sorted(FORBIDDEN_IN_SETUP))
+def test_the_locked_setup_does_not_hand_out_the_reference(name):
+    cells = nbformat.read(ROOT / "solutions" / name, as_version=4).cells
+    setup = next(c for c in cells if c.cell_type == "code" and "cnnlib.setup(" in c.source)
+    for forbidden in FORBIDDEN_IN_SETUP[name]:
+        assert forbidden not in setup.source, f"{name}: the setup cell imports {forbidden}, which the task forbids"

@@ -142,3 +142,11 @@ def test_in_a_real_kernel_a_control_change_replaces_the_image_in_the_output():
         client.execute_cell(nb.cells[1], 1)
         second = images(7 * 7)
     assert len(first) == len(second) == 1 and first != second
+
+
+def test_resolution_is_capped_on_the_cpu(explorer):
+    assert explorer.controls["resolution"].max == 21           # a CPU: 41×41 took minutes per update
+    x = (torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    assert LandscapeExplorer(explorer.models, x, resolution=5, max_resolution=41).controls["resolution"].max == 41
+    with pytest.raises(ValueError, match="resolution 25 is above max_resolution=21"):
+        LandscapeExplorer(explorer.models, x, resolution=25)
