@@ -13,7 +13,7 @@ Every notebook starts with ``P = cnnlib.setup()``. That one call
 An experiment states its scale in one visible place::
 
     cfg = P.choose(quick=dict(depths=(8, 20), epochs=4),
-                   medium=dict(depths=(8, 32), epochs=8),
+                   medium=dict(depths=(8, 20), epochs=8, size=16),
                    full=dict(depths=(20, 56), epochs=40))
 """
 from __future__ import annotations
