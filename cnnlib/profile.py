@@ -3,8 +3,8 @@
 Every notebook starts with ``P = cnnlib.setup()``. That one call
 
 * picks the profile — ``quick`` (embedded digits, tiny models: proves the code runs, ≤ 90 s per
-  notebook on 2 cores), ``medium`` (a laptop CPU: Fashion-MNIST, sized so each lecture's headline
-  effect rises above noise in ≤ 6 minutes) or ``full`` (one GPU, CIFAR-10, the papers' model
+  notebook on 2 cores), ``medium`` (a laptop CPU: Fashion-MNIST, sized for each lecture's headline
+  effect to rise above noise within about 6 minutes, where that budget can show it) or ``full`` (one GPU, CIFAR-10, the papers' model
   sizes). ``CNNLIB_PROFILE`` overrides the automatic choice: ``full`` when CUDA is present, else
   ``medium`` when Fashion-MNIST is on disk, else ``quick`` (with a hint on how to get it);
 * picks the device and seeds Python, NumPy and PyTorch;
