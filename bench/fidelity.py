@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from cnnlib.course import notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURES = ROOT / "lectures"
@@ -55,8 +56,7 @@ def run_lecture(path: Path, board: Path, out: Path) -> tuple[float, str | None]:
     start = time.perf_counter()
     error = None
     try:
-        NotebookClient(nb, timeout=3600, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        notebooks.execute(nb, path.parent, timeout=3600)
     except CellExecutionError as err:
         error = f"{err.ename}: {err.evalue}"
     except Exception as err:  # a timeout, a dead kernel

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from cnnlib.course import notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURES = ROOT / "lectures"
@@ -136,8 +137,7 @@ def _run(paths: list[Path], md5: dict[str, str]) -> int:
         nb.cells.insert(0, nbformat.v4.new_code_cell(trust_cell(md5)))
         start = time.perf_counter()
         try:
-            NotebookClient(nb, timeout=1800, kernel_name="python3",
-                           resources={"metadata": {"path": str(LECTURES)}}).execute()
+            notebooks.execute(nb, LECTURES, timeout=1800)
             trouble = problems(nb)
         except CellExecutionError as err:  # the cell's own exception, without the colours
             trouble = [f"{err.ename}: {err.evalue}"]

@@ -19,6 +19,7 @@ import html
 import json
 import math
 import os
+import statistics
 from typing import Any, Sequence
 
 AGREES, CONTRADICTS, NOISE, NO_RESULT = "✓ agrees", "✗ contradicts", "within noise", "no result (diverged)"
@@ -54,11 +55,8 @@ def mean_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, floa
     accuracies over seeds) and its standard error √(s_a²/n_a + s_b²/n_b)."""
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"a standard error needs at least two values per sample, got {len(a)} and {len(b)}")
-    def mean_var(v):
-        m = sum(v) / len(v)
-        return m, sum((x - m) ** 2 for x in v) / (len(v) - 1)
-    (ma, va), (mb, vb) = mean_var(a), mean_var(b)
-    return mb - ma, math.sqrt(va / len(a) + vb / len(b))
+    return (statistics.mean(b) - statistics.mean(a),
+            math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b)))
 
 
 def verdict(a: float, n_a: int, b: float, n_b: int, expect: int) -> str:

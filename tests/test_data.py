@@ -132,14 +132,20 @@ def test_cifar_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
     assert "CNNLIB_DATA" in msg
 
 
-def test_cifar_failed_download_is_the_same_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNLIB_DATA", str(tmp_path))
+@pytest.fixture
+def no_network(monkeypatch):
+    """Downloads allowed, but torchvision's downloader fails as it does on a machine offline."""
     monkeypatch.delenv("CNNLIB_OFFLINE")
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    for module in (torchvision.datasets.cifar, torchvision.datasets.mnist):
+        monkeypatch.setattr(module, "download_and_extract_archive", offline)
+
+
+def test_cifar_failed_download_is_the_same_clear_error(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("CNNLIB_DATA", str(tmp_path))
     with pytest.raises(D.DatasetNotFoundError, match="download failed: .*no network"):
         cnnlib.load("cifar100")
 
@@ -217,13 +223,7 @@ def test_fashion_mnist_missing_names_every_way_to_get_it(no_system_fashion_mnist
     assert "downloads them" in msg and "switched off" in msg
 
 
-def test_fashion_mnist_failed_download_is_the_same_clear_error(no_system_fashion_mnist, monkeypatch):
-    monkeypatch.delenv("CNNLIB_OFFLINE")
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+def test_fashion_mnist_failed_download_is_the_same_clear_error(no_system_fashion_mnist, no_network):
     with pytest.raises(D.DatasetNotFoundError, match="(?s)download failed: .*no network.*apt-get install"):
         cnnlib.load("fashion-mnist")
 
