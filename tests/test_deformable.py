@@ -44,13 +44,9 @@ def _run(op, t, cfg):
               dilation=cfg["dilation"], mask=t["mask"])
 
 
-CONFIGS = [_random_config(random.Random(seed)) for seed in range(40)]
-
-
-@pytest.mark.parametrize("seed", range(len(CONFIGS)), ids=[f"cfg{i}" for i in range(len(CONFIGS))])
-def test_random_offsets_match_torchvision_in_forward_and_every_gradient(seed):
-    cfg, gen = CONFIGS[seed], torch.Generator().manual_seed(seed)
-    ours_t = _tensors(cfg, gen)
+def _assert_matches_torchvision(ours_t, cfg, gen):
+    """Our op and torchvision's on copies of the same tensors: equal outputs and equal gradients
+    w.r.t. every input, for one random upstream gradient."""
     ref_t = {n: v.detach().clone().requires_grad_(True) if v is not None else None for n, v in ours_t.items()}
     ours, ref = _run(deform_conv2d, ours_t, cfg), _run(tv_deform_conv2d, ref_t, cfg)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
@@ -61,6 +57,16 @@ def test_random_offsets_match_torchvision_in_forward_and_every_gradient(seed):
         if ours_t[name] is not None:
             torch.testing.assert_close(ours_t[name].grad, ref_t[name].grad, atol=1e-4, rtol=1e-4,
                                        msg=lambda m, name=name: f"gradient w.r.t. {name}: {m}")
+
+
+CONFIGS = [_random_config(random.Random(seed)) for seed in range(40)]
+
+
+@pytest.mark.parametrize("seed", range(len(CONFIGS)), ids=[f"cfg{i}" for i in range(len(CONFIGS))])
+def test_random_offsets_match_torchvision_in_forward_and_every_gradient(seed):
+    cfg, gen = CONFIGS[seed], torch.Generator().manual_seed(seed)
+    ours_t = _tensors(cfg, gen)
+    _assert_matches_torchvision(ours_t, cfg, gen)
 
 
 # Integer sampling positions (zero offsets, where training starts, or whole-pixel offsets) sit on the
@@ -88,16 +94,7 @@ def test_integer_offsets_match_torchvision_on_maps_that_are_not_a_power_of_two(w
             ours_t["offset"].zero_()
         else:   # whole pixels, many of them leaving the image
             ours_t["offset"].copy_(torch.randint(-3, 4, ours_t["offset"].shape, generator=gen).float())
-    ref_t = {n: v.detach().clone().requires_grad_(True) if v is not None else None for n, v in ours_t.items()}
-    ours, ref = _run(deform_conv2d, ours_t, cfg), _run(tv_deform_conv2d, ref_t, cfg)
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
-    upstream = torch.randn(ref.shape, generator=gen)
-    (ours * upstream).sum().backward()
-    (ref * upstream).sum().backward()
-    for name in ("x", "offset", "weight", "bias", "mask"):
-        if ours_t[name] is not None:
-            torch.testing.assert_close(ours_t[name].grad, ref_t[name].grad, atol=1e-4, rtol=1e-4,
-                                       msg=lambda m, name=name: f"gradient w.r.t. {name}: {m}")
+    _assert_matches_torchvision(ours_t, cfg, gen)
 
 
 @pytest.mark.parametrize("size", [20, 23, 32])
