@@ -42,23 +42,28 @@ student code runs with your permissions, so grade untrusted work inside a contai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpec
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from . import exercises as ex
+from .sandbox import Limits, kernel_command, kernel_env, sandbox_problem
 
 CELL_TIMEOUT = 60      # seconds per cell
 TOTAL_TIMEOUT = 600    # seconds per submission, kernel start-up and restarts included
@@ -313,19 +318,24 @@ class _QuietClient(NotebookClient):
 
 
 class _Kernel:
-    """One IPython kernel driven cell by cell through nbclient."""
+    """One IPython kernel driven cell by cell through nbclient, in its own sandbox (see
+    ``sandbox.py``): its connection file and Unix sockets in a fresh folder under ``box/run``,
+    working folder ``box/work``."""
 
-    def __init__(self, cwd: str, env: dict):
-        self.cwd, self.env = cwd, env
+    def __init__(self, box: Path, env: dict, limits: Limits, sandboxed: bool):
+        self.box, self.env, self.limits, self.sandboxed = box, env, limits, sandboxed
         self.km = self.client = None
         self._reply = None
 
     async def start(self) -> None:
-        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
-        await self.km.start_kernel(env=self.env, cwd=self.cwd,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   # no shared IPython history file: parallel kernels would lock it
-                                   extra_arguments=["--HistoryManager.hist_file=:memory:"])
+        run = Path(tempfile.mkdtemp(prefix="k", dir=self.box / "run"))
+        self.km = AsyncKernelManager(transport="ipc", ip=str(run / "socket"),
+                                     connection_file=str(run / "connection.json"))
+        self.km._kernel_spec = KernelSpec(
+            argv=kernel_command(self.box, self.limits, sandbox=self.sandboxed), language="python",
+            display_name="submission", interrupt_mode="message" if self.sandboxed else "signal")
+        await self.km.start_kernel(env=self.env, cwd=str(self.box / "work"),
+                                   stdout=subprocess.DEVNULL, stderr=None if os.environ.get("CNN_COURSE_DEBUG") else subprocess.DEVNULL)
         self.client = _QuietClient(nbformat.v4.new_notebook(), km=self.km, allow_errors=True,
                                   startup_timeout=STARTUP_TIMEOUT, log=_log,
                                   on_cell_executed=self._on_executed)
@@ -401,7 +411,42 @@ def _short(text: str) -> str:
     return text if len(text) <= MESSAGE_LENGTH else text[:MESSAGE_LENGTH - 1] + "…"
 
 
-async def run_steps(steps: list[Step], *, cwd: str, env: dict, cell_timeout: float,
+@dataclass(frozen=True)
+class Isolation:
+    """How each kernel is kept apart: in a bubblewrap sandbox (``sandboxed``) or, where that is not
+    available, only under the resource ``limits``; ``threads`` per kernel."""
+    sandboxed: bool
+    limits: Limits = Limits()
+    threads: int = 1
+
+    def env(self, box: Path) -> dict:
+        if self.sandboxed:  # the kernel's own /tmp, HOME inside it
+            return kernel_env("/tmp/home", "/tmp", threads=self.threads)
+        return kernel_env(str(box / "home"), str(box / "tmp"), threads=self.threads)
+
+
+@contextlib.contextmanager
+def _box():
+    """A private folder for one submission (work, run, home, tmp), removed afterwards however
+    deep or strange what the student left in it."""
+    box = Path(tempfile.mkdtemp(prefix="cnn-course-grade-"))
+    try:
+        for sub in ("work", "run", "home", "tmp"):
+            (box / sub).mkdir()
+        yield box
+    finally:
+        _remove(box)
+
+
+def _remove(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except (OSError, RecursionError):  # e.g. thousands of nested folders: rm has no recursion limit
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], timeout=120, check=False,
+                       stdout=subprocess.DEVNULL, stderr=None if os.environ.get("CNN_COURSE_DEBUG") else subprocess.DEVNULL)
+
+
+async def run_steps(steps: list[Step], *, box: Path, isolation: Isolation, cell_timeout: float,
                     total_timeout: float) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """Run ``steps`` in a kernel under the time limits; return ``{grade_id: (status, message)}``
     for the test steps and notes about timeouts and restarts."""
@@ -423,7 +468,7 @@ async def run_steps(steps: list[Step], *, cwd: str, env: dict, cell_timeout: flo
         nonlocal kernel
         if kernel is not None:
             await kernel.stop()
-        kernel = _Kernel(cwd, env)
+        kernel = _Kernel(box, isolation.env(box), isolation.limits, isolation.sandboxed)
         if remaining() <= 0:
             return "timeout", "the time limit ran out before a fresh kernel could start"
         try:
@@ -492,11 +537,22 @@ async def run_steps(steps: list[Step], *, cwd: str, env: dict, cell_timeout: flo
 
 # ---------------------------------------------------------------------------- grading
 
-def _kernel_env(jobs: int) -> dict:
-    """The kernels' environment: quick profile always; threads shared out between the jobs."""
-    env = dict(os.environ, CNNLIB_PROFILE="quick")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // max(1, jobs))))
-    return env
+class SandboxWarning(UserWarning):
+    """Grading without the bubblewrap sandbox: only resource limits protect the machine."""
+
+
+def isolation(jobs: int, sandbox: bool | None = None, limits: Limits = Limits()) -> Isolation:
+    """The isolation for a batch: ``sandbox=None`` sandboxes where bubblewrap works and warns
+    once where it does not; ``True`` requires it; ``False`` grades with limits only."""
+    threads = max(1, _cores() // max(1, jobs))
+    problem = sandbox_problem() if sandbox is not False else ""
+    if problem and sandbox:
+        raise RuntimeError(f"cannot sandbox the kernels: {problem}")
+    if problem:
+        warnings.warn(f"grading WITHOUT a sandbox ({problem}): student code can read and write what "
+                      f"you can; only resource limits apply. Grade untrusted work in a container.",
+                      SandboxWarning, stacklevel=3)
+    return Isolation(sandboxed=sandbox is not False and not problem, limits=limits, threads=threads)
 
 
 def _cores() -> int:
@@ -517,7 +573,7 @@ def _rows(sub: Submission, exercise: Exercise | None, outcomes: dict, status="",
     return rows
 
 
-async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, env: dict,
+async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, isolation: Isolation,
                            cell_timeout: float = CELL_TIMEOUT,
                            total_timeout: float = TOTAL_TIMEOUT) -> Result:
     """Grade one submission; never raises for anything the submission does."""
@@ -528,8 +584,8 @@ async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, e
                       [sub.problem])
     try:
         steps = plan(exercise, sub.notebook)
-        with tempfile.TemporaryDirectory(prefix="cnn-course-grade-") as cwd:
-            outcomes, notes = await run_steps(steps, cwd=cwd, env=env, cell_timeout=cell_timeout,
+        with _box() as box:
+            outcomes, notes = await run_steps(steps, box=box, isolation=isolation, cell_timeout=cell_timeout,
                                               total_timeout=total_timeout)
         rows = _rows(sub, exercise, outcomes, "error", "not run: grading stopped early")
     except Exception as err:  # a fault of the grader or the machine: this submission only
@@ -539,15 +595,14 @@ async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, e
 
 
 async def grade_all(subs: list[Submission], exercises: dict[str, Exercise], *, jobs: int,
-                    cell_timeout: float = CELL_TIMEOUT, total_timeout: float = TOTAL_TIMEOUT,
-                    progress=None) -> list[Result]:
+                    isolation: Isolation, cell_timeout: float = CELL_TIMEOUT,
+                    total_timeout: float = TOTAL_TIMEOUT, progress=None) -> list[Result]:
     """Grade submissions ``jobs`` at a time (one kernel each); results in input order."""
-    env = _kernel_env(jobs)
     gate = asyncio.Semaphore(jobs)
 
     async def one(sub):
         async with gate:
-            result = await grade_submission(sub, exercises, env=env, cell_timeout=cell_timeout,
+            result = await grade_submission(sub, exercises, isolation=isolation, cell_timeout=cell_timeout,
                                             total_timeout=total_timeout)
         if progress:
             progress(result)
@@ -558,8 +613,9 @@ async def grade_all(subs: list[Submission], exercises: dict[str, Exercise], *, j
 
 def grade(paths, out="grades.csv", *, solutions_dir, student: str | None = None, jobs: int | None = None,
           cell_timeout: float = CELL_TIMEOUT, total_timeout: float = TOTAL_TIMEOUT,
-          progress=None) -> list[Result]:
-    """Grade submissions into ``out`` (CSV) and the summary beside it (``.md``); return the results."""
+          sandbox: bool | None = None, limits: Limits = Limits(), progress=None) -> list[Result]:
+    """Grade submissions into ``out`` (CSV) and the summary beside it (``.md``); return the results.
+    ``sandbox``: see ``isolation``."""
     if cell_timeout <= 0 or total_timeout <= 0:
         raise ValueError("time limits must be positive numbers of seconds")
     if summary_path(out) == Path(out):
@@ -571,7 +627,7 @@ def grade(paths, out="grades.csv", *, solutions_dir, student: str | None = None,
     if not subs:
         raise ValueError(f"no submissions (*.ipynb) found in {', '.join(map(str, paths))}")
     jobs = max(1, min(jobs or _cores(), len(subs)))
-    coro = grade_all(subs, exercises, jobs=jobs, cell_timeout=cell_timeout,
+    coro = grade_all(subs, exercises, jobs=jobs, isolation=isolation(jobs, sandbox, limits), cell_timeout=cell_timeout,
                      total_timeout=total_timeout, progress=progress)
     try:
         asyncio.get_running_loop()
