@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -62,6 +63,7 @@ from jupyter_client.kernelspec import KernelSpec
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+from . import canary
 from . import exercises as ex
 from .sandbox import Limits, kernel_command, kernel_env, sandbox_problem
 
@@ -70,7 +72,7 @@ TOTAL_TIMEOUT = 600    # seconds per submission, kernel start-up and restarts in
 INTERRUPT_GRACE = 5    # seconds a kernel has to answer again after an interrupt
 STARTUP_TIMEOUT = 60   # seconds for a kernel to come up
 KERNEL_NAME = "python3"
-STATUSES = ("passed", "failed", "timeout", "died", "invalid", "error")
+STATUSES = ("passed", "failed", "timeout", "died", "tampered", "invalid", "error")
 COLUMNS = ("student", "exercise", "grade_id", "points", "max_points", "status", "message")
 MESSAGE_LENGTH = 240
 
@@ -115,6 +117,7 @@ class Exercise:
     """What the grader needs from a solution notebook."""
     name: str
     cells: tuple  # the solution's code cells that carry a grade_id, in order
+    notebook: object = field(default=None, repr=False, compare=False)  # the solution, for the canary probe
 
     @property
     def tests(self) -> list:
@@ -123,12 +126,14 @@ class Exercise:
 
 @dataclass(frozen=True)
 class Step:
-    """A code cell to run: ``kind`` is "test", "answer", "locked" or "student"."""
+    """A code cell to run: ``kind`` is "test", "answer", "locked", "student" or "check" (the
+    grader's own: the interpreter-hook baseline and check)."""
     kind: str
     source: str
     label: str
     grade_id: str | None = None
     points: float = 0
+    twins: tuple = ()   # negative canaries (canary.py): sources a correct answer must fail
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ def load_exercises(solutions_dir) -> dict[str, Exercise]:
         nb = nbformat.read(path, as_version=4)
         ex.check_solution(nb, path.name)
         cells = tuple(c for c in nb.cells if c.cell_type == "code" and ex.grade_id(c))
-        found[ex.exercise_name(path)] = Exercise(ex.exercise_name(path), cells)
+        found[ex.exercise_name(path)] = Exercise(ex.exercise_name(path), cells, nb)
     if not found:
         raise ValueError(f"no solution notebooks (*.ipynb) in {solutions_dir}: nothing to grade against")
     return found
@@ -288,6 +293,19 @@ def plan(exercise: Exercise, nb) -> list[Step]:
         at = next((k for k, (i, _) in enumerate(steps) if i is not None and i > index), len(steps))
         steps.insert(at, (index, _solution_step(sol)))
     return [s for _, s in steps]
+
+
+def guard(steps: list[Step], twins: dict[str, tuple], hooks: tuple[str, str] | None) -> list[Step]:
+    """``steps`` with the integrity checks: the hook baseline first and a hook check before every
+    test (``hooks``: canary.hook_cells(), or None), and each test's ``twins``."""
+    out = [Step("check", hooks[0], "grader: hook baseline")] if hooks else []
+    for step in steps:
+        if step.kind == "test":
+            if hooks:
+                out.append(Step("check", hooks[1], f"grader: hook check before {step.grade_id}"))
+            step = dataclasses.replace(step, twins=tuple(twins.get(step.grade_id, ())))
+        out.append(step)
+    return out
 
 
 def _solution_step(cell) -> Step:
@@ -447,11 +465,18 @@ def _remove(path: Path) -> None:
 
 
 async def run_steps(steps: list[Step], *, box: Path, isolation: Isolation, cell_timeout: float,
-                    total_timeout: float) -> tuple[dict[str, tuple[str, str]], list[str]]:
+                    total_timeout: float, probe: dict | None = None
+                    ) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """Run ``steps`` in a kernel under the time limits; return ``{grade_id: (status, message)}``
-    for the test steps and notes about timeouts and restarts."""
+    for the test steps and notes about timeouts and restarts.
+
+    After a test passes, its twins run: one that does not fail means the kernel accepts wrong
+    assertions, and a "check" step that fails names what it saw; either ends the run with every
+    test ``tampered``. With ``probe`` (a dict, for the reference solution) nothing is flagged:
+    ``probe[grade_id]`` gets each twin's outcome state and ``probe["check"]`` the checks' states."""
     deadline = time.monotonic() + total_timeout
     results, notes = {}, []
+    tampered = ""
     bad: set[int] = set()  # steps that timed out or killed a kernel: never run again
     kernel = None
 
@@ -526,18 +551,47 @@ async def run_steps(steps: list[Step], *, box: Path, isolation: Isolation, cell_
                 message = _error_message(outcome, step.source)
             else:
                 message = ""
+            if step.kind == "check":
+                if probe is not None:
+                    probe.setdefault("check", []).append(outcome.state)
+                elif outcome.state != "ok":
+                    seen = message if outcome.ename == "RuntimeError" and "tampering" in message else \
+                        f"the grader's interpreter check did not complete ({outcome.state}: {message})"
+                    tampered = f"{step.label}: {seen}"
+                    break
             if step.kind == "test":
                 status = {"ok": "passed", "error": "failed"}.get(outcome.state, outcome.state)
                 results[step.grade_id] = (status, message)
+                if status == "passed" and step.twins:
+                    states = []
+                    for twin in step.twins:
+                        states.append((await kernel.run(twin, min(cell_timeout, max(1.0, remaining())))).state)
+                        if states[-1] != "error" and (probe is None or states[-1] == "died"):
+                            break
+                    if probe is not None:
+                        probe[step.grade_id] = states
+                        need_kernel = need_kernel or "died" in states or "timeout" in states
+                    elif states[-1] != "error":
+                        tampered = (f"after {step.grade_id} passed, a test built to fail on a correct answer "
+                                    f"(negative canary {len(states)} of {len(step.twins)}) did not fail "
+                                    f"({states[-1]}): the kernel accepts wrong assertions")
+                        break
     finally:
         if kernel is not None:
             await kernel.stop()
+    if tampered:
+        notes.append(f"tampered: {tampered}")
+        results = {s.grade_id: ("tampered", _short(tampered)) for s in steps if s.kind == "test"}
     return results, notes
 
 
 # ---------------------------------------------------------------------------- grading
 
-class SandboxWarning(UserWarning):
+class GradingWarning(UserWarning):
+    """Something the instructor should know about a batch (it is graded anyway)."""
+
+
+class SandboxWarning(GradingWarning):
     """Grading without the bubblewrap sandbox: only resource limits protect the machine."""
 
 
@@ -573,9 +627,41 @@ def _rows(sub: Submission, exercise: Exercise | None, outcomes: dict, status="",
     return rows
 
 
+@dataclass(frozen=True)
+class Guard:
+    """An exercise's integrity checks for one batch: each test's twins that the reference
+    solution fails, and the hook cells (None where the reference itself trips the check)."""
+    twins: dict
+    hooks: tuple | None
+
+
+NO_GUARD = Guard({}, None)
+
+
+async def probe(exercise: Exercise, isolation: Isolation, *, cell_timeout: float = CELL_TIMEOUT,
+                total_timeout: float = TOTAL_TIMEOUT, seed: int | None = None) -> tuple[Guard, list[str]]:
+    """Draw the twins of every test (random per batch), run them on the reference solution and
+    keep those it fails; return the guard and notes for the instructor."""
+    twins = {ex.grade_id(c): tuple(canary.twins(c.source, seed)) for c in exercise.tests}
+    hooks = canary.hook_cells(seed)
+    states: dict = {}
+    with _box() as box:
+        results, _ = await run_steps(guard(plan(exercise, exercise.notebook), twins, hooks), box=box,
+                                     isolation=isolation, cell_timeout=cell_timeout,
+                                     total_timeout=total_timeout, probe=states)
+    notes = [f"{exercise.name}: the solution does not pass {gid} ({st}: {msg}); no canaries for it"
+             for gid, (st, msg) in results.items() if st != "passed"]
+    useful = {gid: tuple(t for t, st in zip(twins[gid], states.get(gid, ())) if st == "error")
+              for gid in twins if results.get(gid, ("",))[0] == "passed"}
+    hooks_ok = bool(states.get("check")) and all(st == "ok" for st in states["check"])
+    if not hooks_ok:
+        notes.append(f"{exercise.name}: the solution trips the interpreter-hook check; grading without it")
+    return Guard(useful, hooks if hooks_ok else None), notes
+
+
 async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, isolation: Isolation,
-                           cell_timeout: float = CELL_TIMEOUT,
-                           total_timeout: float = TOTAL_TIMEOUT) -> Result:
+                           cell_timeout: float = CELL_TIMEOUT, total_timeout: float = TOTAL_TIMEOUT,
+                           checks: Guard = NO_GUARD) -> Result:
     """Grade one submission; never raises for anything the submission does."""
     start = time.monotonic()
     exercise = exercises.get(sub.exercise)
@@ -583,7 +669,7 @@ async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, i
         return Result(sub.path, sub.student, sub.exercise, _rows(sub, exercise, {}, "invalid", _short(sub.problem)),
                       [sub.problem])
     try:
-        steps = plan(exercise, sub.notebook)
+        steps = guard(plan(exercise, sub.notebook), checks.twins, checks.hooks)
         with _box() as box:
             outcomes, notes = await run_steps(steps, box=box, isolation=isolation, cell_timeout=cell_timeout,
                                               total_timeout=total_timeout)
@@ -597,13 +683,25 @@ async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, i
 async def grade_all(subs: list[Submission], exercises: dict[str, Exercise], *, jobs: int,
                     isolation: Isolation, cell_timeout: float = CELL_TIMEOUT,
                     total_timeout: float = TOTAL_TIMEOUT, progress=None) -> list[Result]:
-    """Grade submissions ``jobs`` at a time (one kernel each); results in input order."""
+    """Grade submissions ``jobs`` at a time (one kernel each); results in input order. Each
+    exercise's canaries are first probed on its reference solution (``probe``)."""
     gate = asyncio.Semaphore(jobs)
+    used = sorted({s.exercise for s in subs if not s.problem and s.exercise in exercises})
+
+    async def probed(name):
+        async with gate:
+            return await probe(exercises[name], isolation, cell_timeout=cell_timeout, total_timeout=total_timeout)
+
+    guards = dict(zip(used, await asyncio.gather(*(probed(n) for n in used))))
+    for name, (_, notes) in guards.items():
+        for note in notes:
+            warnings.warn(note, GradingWarning, stacklevel=2)
 
     async def one(sub):
         async with gate:
+            g = guards.get(sub.exercise, (NO_GUARD, []))[0]
             result = await grade_submission(sub, exercises, isolation=isolation, cell_timeout=cell_timeout,
-                                            total_timeout=total_timeout)
+                                            total_timeout=total_timeout, checks=g)
         if progress:
             progress(result)
         return result
