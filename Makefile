@@ -15,20 +15,26 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) data
 
-# Fashion-MNIST for the medium profile (cnnlib/data.py looks in $$CNNLIB_DATA, then in Debian's
-# package). As root on a Debian-family system: install the package; elsewhere: say how to get it.
-# The quick profile needs none of this (its digits ship inside scikit-learn).
+# Debian packages the course uses: Fashion-MNIST for the medium profile (cnnlib/data.py looks in
+# $$CNNLIB_DATA, then in Debian's package) and bubblewrap, the grader's per-submission sandbox
+# (cnnlib/course/sandbox.py). As root on a Debian-family system: install what is missing; elsewhere:
+# say how to get it. The quick profile needs none of this (its digits ship inside scikit-learn), and
+# without bwrap the grader still runs, with resource limits only and a warning.
 data: $(STAMP)
-	@if $(BIN)/python -c "import sys, cnnlib.data as d; sys.exit(not d.fashion_mnist_available())"; then \
-	  echo "Fashion-MNIST: found"; \
+	@missing=""; \
+	$(BIN)/python -c "import sys, cnnlib.data as d; sys.exit(not d.fashion_mnist_available())" || missing="dataset-fashion-mnist"; \
+	command -v bwrap >/dev/null || missing="$${missing:+$$missing }bubblewrap"; \
+	if [ -z "$$missing" ]; then \
+	  echo "Fashion-MNIST: found; bubblewrap: found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "Fashion-MNIST: apt-get install dataset-fashion-mnist"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; }; \
+	  echo "apt-get install $$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
 	else \
-	  echo "Fashion-MNIST not found: the course runs in the quick profile. For the medium profile run"; \
-	  echo "  sudo apt-get install dataset-fashion-mnist   (Debian/Ubuntu), or, with internet,"; \
-	  echo "  $(BIN)/python -c \"import cnnlib; cnnlib.load('fashion-mnist')\""; \
+	  echo "Not found: $$missing. Debian/Ubuntu: sudo apt-get install $$missing"; \
+	  echo "  Without Fashion-MNIST the course runs in the quick profile; with internet it downloads:"; \
+	  echo "    $(BIN)/python -c \"import cnnlib; cnnlib.load('fashion-mnist')\""; \
+	  echo "  Without bubblewrap the grader runs submissions under resource limits only."; \
 	fi
 
 # Start JupyterLab with the file browser on lectures/ (cnnlib/course/lab.py: the course's

@@ -60,17 +60,22 @@ def _grade(args) -> int:
     solutions = args.solutions or _course_root() / "solutions"
 
     def progress(result):
-        print(f"{result.student:>20}  {result.exercise or '(unknown)':<24} "
+        status = result.rows[0].status if result.rows else ""
+        print(f"{grade._plain(result.student):>20}  {result.exercise or '(unknown)':<24} "
               f"{result.points:g} / {result.max_points:g}  ({result.seconds:.1f} s)"
-              + ("  " + result.rows[0].status if result.rows and result.rows[0].status == "invalid" else ""),
+              + ("  " + status if status in ("invalid", "tampered") else ""),
               flush=True)
 
     try:
         results = grade.grade(args.submissions, args.out, solutions_dir=solutions, student=args.student,
                               jobs=args.jobs, cell_timeout=args.cell_timeout,
                               total_timeout=args.timeout, progress=progress)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise SystemExit(f"cnn-course grade: {err}")
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished submissions are in {args.out}; run the same command again to "
+              f"grade the rest", file=sys.stderr)
+        return 130
     print(f"graded {len(results)} submission(s): wrote {args.out} and {grade.summary_path(args.out)}")
     return 0
 

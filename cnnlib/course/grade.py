@@ -45,11 +45,14 @@ import asyncio
 import contextlib
 import csv
 import dataclasses
+import hashlib
+import json
 import io
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -160,10 +163,48 @@ def load_exercises(solutions_dir) -> dict[str, Exercise]:
     return found
 
 
+MAX_NOTEBOOK_BYTES = 32 << 20   # a submission larger than this is not read
+MAX_DEPTH = 8                   # folders below a submission argument that are searched
+
+
+def _walk(folder: Path) -> list[Path]:
+    """``*.ipynb`` entries below ``folder``, sorted: symlinked folders are not followed, nor
+    folders deeper than MAX_DEPTH or checkpoints (a non-regular entry is returned, and refused
+    by ``_read_notebook``)."""
+    found = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        depth = len(Path(root).relative_to(folder).parts)
+        dirs[:] = [] if depth >= MAX_DEPTH else sorted(d for d in dirs if d != ".ipynb_checkpoints")
+        found += [Path(root) / n for n in names if n.endswith(".ipynb")]
+    return sorted(found)
+
+
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x1f\x7f-\x9f]")
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal escapes and control characters (newlines become spaces)."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
 def _read_notebook(path: Path):
-    """The submission as a notebook, or a ValueError saying why it is not one."""
+    """The submission as a notebook, or a ValueError saying why it is not one: only a regular
+    file (not a symlink, FIFO or device) of at most MAX_NOTEBOOK_BYTES is opened."""
     try:
-        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        info = path.lstat()
+    except OSError as err:
+        raise ValueError(f"cannot read the file: {_first_line(err)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+        raise ValueError(f"not graded: {kind} (hand in the notebook itself)")
+    if info.st_size > MAX_NOTEBOOK_BYTES:
+        raise ValueError(f"not graded: {info.st_size / 2**20:.0f} MiB is more than the "
+                         f"{MAX_NOTEBOOK_BYTES >> 20} MiB a notebook may have")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_NOTEBOOK_BYTES + 1)
+        nb = nbformat.reads(data.decode("utf-8"), as_version=4)
         cells = nb["cells"]
         if not isinstance(cells, list):
             raise ValueError("'cells' is not a list")
@@ -198,11 +239,12 @@ def _match_exercise(path: Path, below: list[str], exercises: dict[str, Exercise]
     return winners[0] if best > 0 and len(winners) == 1 else ""
 
 
-def _student_id(path: Path, below: list[str], exercise: str) -> str:
+def _student_id(path: Path, below: list[str], exercise: str, folder: str = "") -> str:
     """The nearest folder between the argument and the file (``alice/01_evolution.ipynb``), else
-    the file name without the exercise name (``alice_01_evolution.ipynb``); a folder named after
-    the exercise does not count (``01_evolution/alice.ipynb``)."""
-    for text in [*below, path.stem]:
+    the file name without the exercise name (``alice_01_evolution.ipynb``), else the folder given
+    as the argument (``cnn-course grade student1/`` with ``student1/01_evolution.ipynb``); a
+    folder named after the exercise does not count (``01_evolution/alice.ipynb``)."""
+    for text in [*below, path.stem, folder]:
         rest = (text.replace(exercise, "") if exercise else text).strip(" _-.")
         if rest:
             return rest
@@ -217,19 +259,18 @@ def find_submissions(paths, exercises: dict[str, Exercise], student: str | None 
     both ``invalid`` (which one counts is the instructor's call)."""
     files = []
     for arg in map(Path, paths):
-        if arg.is_dir():
-            for p in sorted(arg.rglob("*.ipynb")):
-                if ".ipynb_checkpoints" not in p.parts:
-                    files.append((p, [q.name for q in p.relative_to(arg).parents if q.name]))
-        elif arg.is_file():
-            files.append((arg, []))
+        if arg.is_dir() and not arg.is_symlink():
+            for p in _walk(arg):
+                files.append((p, [q.name for q in p.relative_to(arg).parents if q.name], arg.resolve().name))
+        elif arg.exists() or arg.is_symlink():
+            files.append((arg, [], ""))
         else:
             raise FileNotFoundError(f"no such file or folder: {arg}")
     if student is not None and len(files) != 1:
         raise ValueError(f"--student names one student but {len(files)} submissions were given")
 
     subs, seen_paths = [], set()
-    for path, below in files:
+    for path, below, folder in files:
         if path.resolve() in seen_paths:
             continue
         seen_paths.add(path.resolve())
@@ -237,8 +278,9 @@ def find_submissions(paths, exercises: dict[str, Exercise], student: str | None 
             nb, problem = _read_notebook(path), ""
         except ValueError as err:
             nb, problem = None, str(err)
+        below = [_plain(b) for b in below]
         exercise = _match_exercise(path, below, exercises, nb)
-        who = student or _student_id(path, below, exercise)
+        who = _plain(student or _student_id(path, below, exercise, _plain(folder)))
         if not problem and not exercise:
             problem = (f"unknown exercise: neither the name {path.name!r} nor its graded cells match "
                        f"a solution ({', '.join(sorted(exercises))})")
@@ -682,7 +724,7 @@ async def grade_submission(sub: Submission, exercises: dict[str, Exercise], *, i
 
 async def grade_all(subs: list[Submission], exercises: dict[str, Exercise], *, jobs: int,
                     isolation: Isolation, cell_timeout: float = CELL_TIMEOUT,
-                    total_timeout: float = TOTAL_TIMEOUT, progress=None) -> list[Result]:
+                    total_timeout: float = TOTAL_TIMEOUT, on_result=None) -> list[Result]:
     """Grade submissions ``jobs`` at a time (one kernel each); results in input order. Each
     exercise's canaries are first probed on its reference solution (``probe``)."""
     gate = asyncio.Semaphore(jobs)
@@ -702,8 +744,8 @@ async def grade_all(subs: list[Submission], exercises: dict[str, Exercise], *, j
             g = guards.get(sub.exercise, (NO_GUARD, []))[0]
             result = await grade_submission(sub, exercises, isolation=isolation, cell_timeout=cell_timeout,
                                             total_timeout=total_timeout, checks=g)
-        if progress:
-            progress(result)
+        if on_result:
+            on_result(sub, result)
         return result
 
     return list(await asyncio.gather(*(one(s) for s in subs)))
@@ -724,21 +766,126 @@ def grade(paths, out="grades.csv", *, solutions_dir, student: str | None = None,
     subs = find_submissions(paths, exercises, student)
     if not subs:
         raise ValueError(f"no submissions (*.ipynb) found in {', '.join(map(str, paths))}")
-    jobs = max(1, min(jobs or _cores(), len(subs)))
-    coro = grade_all(subs, exercises, jobs=jobs, isolation=isolation(jobs, sandbox, limits), cell_timeout=cell_timeout,
-                     total_timeout=total_timeout, progress=progress)
+    journal = Journal(journal_path(out))
+    done = journal.load(subs)             # graded by an earlier, interrupted run of this batch
+    todo = [s for s in subs if journal.key(s) not in done]
+    jobs = max(1, min(jobs or _cores(), max(1, len(todo))))
+
+    def record(sub: Submission, result: Result) -> None:
+        done[journal.key(sub)] = result
+        journal.append(sub, result)
+        if progress:
+            progress(result)
+
+    def report(interrupted: bool) -> list[Result]:
+        results = [done.get(journal.key(s)) or _not_graded(s, exercises.get(s.exercise)) for s in subs]
+        write_csv(results, out, exercises)
+        write_summary(results, summary_path(out), exercises, cell_timeout=cell_timeout,
+                      total_timeout=total_timeout, interrupted=interrupted)
+        return results
+
+    coro = grade_all(todo, exercises, jobs=jobs, isolation=isolation(jobs, sandbox, limits),
+                     cell_timeout=cell_timeout, total_timeout=total_timeout, on_result=record)
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        results = asyncio.run(coro)
-    else:  # called from a notebook, whose loop is already running
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(1) as pool:
-            results = pool.submit(asyncio.run, coro).result()
-    write_csv(results, out, exercises)
-    write_summary(results, summary_path(out), exercises, cell_timeout=cell_timeout,
-                  total_timeout=total_timeout)
+        with _terminate_as_interrupt():
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(coro)
+            else:  # called from a notebook, whose loop is already running
+                from concurrent.futures import ThreadPoolExecutor
+                with ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, coro).result()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what is graded, say how to go on
+        report(interrupted=True)
+        raise
+    results = report(interrupted=False)
+    journal.remove()
     return results
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM ends grading like Ctrl-C does (the finished submissions are kept)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _not_graded(sub: Submission, exercise: Exercise | None) -> Result:
+    why = "not graded: the grader was interrupted (run the same command again to resume)"
+    return Result(sub.path, sub.student, sub.exercise, _rows(sub, exercise, {}, "error", why), [why])
+
+
+def journal_path(csv_path) -> Path:
+    p = Path(csv_path)
+    return p.with_name(f".{p.name}.journal")
+
+
+class Journal:
+    """An append-only record of finished submissions beside the CSV, one JSON line each, flushed
+    to disk as each submission finishes: a batch killed half-way resumes where it stopped (a file
+    is regraded if its content changed). Removed when the batch completes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @staticmethod
+    def key(sub: Submission) -> tuple[str, str]:
+        try:
+            digest = hashlib.sha256(sub.path.read_bytes()).hexdigest() if not sub.problem else sub.problem
+        except OSError:
+            digest = ""
+        return str(sub.path), digest
+
+    def load(self, subs: list[Submission]) -> dict:
+        wanted = {self.key(s): s for s in subs}
+        done = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return done
+        for line in lines:
+            try:
+                d = json.loads(line)
+                key = (d["path"], d["digest"])
+                if key in wanted:
+                    done[key] = Result(Path(d["path"]), d["student"], d["exercise"],
+                                       [Row(**r) for r in d["rows"]], list(d["notes"]), float(d["seconds"]))
+            except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+                continue
+        return done
+
+    def append(self, sub: Submission, result: Result) -> None:
+        path, digest = self.key(sub)
+        line = json.dumps(dict(path=path, digest=digest, student=result.student, exercise=result.exercise,
+                               rows=[dataclasses.asdict(r) for r in result.rows], notes=result.notes,
+                               seconds=result.seconds))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # e.g. a full disk: grading goes on, only resuming is lost
+            warnings.warn(f"could not record {path} in {self.path}: {err}", GradingWarning, stacklevel=2)
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 # ---------------------------------------------------------------------------- reports
@@ -770,8 +917,8 @@ def write_csv(results: list[Result], path, exercises: dict[str, Exercise]) -> Pa
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for r in _sorted_rows(results, exercises):
-        writer.writerow([r.student, r.exercise, r.grade_id, _num(r.points), _num(r.max_points),
-                         r.status, r.message])
+        writer.writerow([_csv_cell(r.student), _csv_cell(r.exercise), _csv_cell(r.grade_id), _num(r.points),
+                         _num(r.max_points), r.status, _csv_cell(r.message)])
     _write_text_atomic(Path(path), buf.getvalue())
     return Path(path)
 
@@ -784,17 +931,27 @@ def read_csv(path) -> list[Row]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text for a Markdown table cell or heading: one line, no HTML, Markdown's marks escaped."""
+    return re.sub(r"([\\`*{}\[\]<>#|~])", r"\\\1", _plain(text))
+
+
+def _csv_cell(text: str) -> str:
+    """One line, and never a spreadsheet formula (a leading =, +, -, @ gets a quote)."""
+    text = _plain(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def write_summary(results: list[Result], path, exercises: dict[str, Exercise], *,
-                  cell_timeout: float = CELL_TIMEOUT, total_timeout: float = TOTAL_TIMEOUT) -> Path:
+                  cell_timeout: float = CELL_TIMEOUT, total_timeout: float = TOTAL_TIMEOUT,
+                  interrupted: bool = False) -> Path:
     """A readable report: totals per student and exercise, then each student's cells."""
     results = sorted(results, key=lambda r: (r.student, r.exercise))
     names = sorted({r.exercise for r in results}, key=lambda n: (n == "", n))  # unknown last
     lines = ["# Grades", "",
              f"{len(results)} submission(s), graded with `cnn-course grade` (limits: {cell_timeout:g} s "
              f"per cell, {total_timeout:g} s per submission). Statuses: {', '.join(STATUSES)}.", "",
+             *(["**Interrupted**: the submissions marked `error` were not graded; run the same command "
+                "again to grade them (the others are kept).", ""] if interrupted else []),
              "| student | " + " | ".join(n or "(unknown)" for n in names) + " | total |",
              "|---|" + "---|" * (len(names) + 1)]
     for student in sorted({r.student for r in results}):
@@ -803,16 +960,17 @@ def write_summary(results: list[Result], path, exercises: dict[str, Exercise], *
         for name in names:
             got = [r for r in mine if r.exercise == name]
             cells.append(" + ".join(f"{_num(r.points)} / {_num(r.max_points)}" for r in got) or "—")
-        total = f"{_num(sum(r.points for r in mine))} / {_num(sum(r.max_points for r in mine))}"
+        most = sum(max(r.max_points for r in mine if r.exercise == n) for n in {r.exercise for r in mine})
+        total = f"{_num(sum(r.points for r in mine))} / {_num(most)}"  # a duplicate hand-in counts once
         lines.append(f"| {_cell(student)} | " + " | ".join(cells) + f" | {total} |")
     for student in sorted({r.student for r in results}):
-        lines += ["", f"## {student}"]
+        lines += ["", f"## {_cell(student)}"]
         for res in (r for r in results if r.student == student):
-            lines += ["", f"### {res.exercise or '(unknown exercise)'}: {_num(res.points)} / "
-                          f"{_num(res.max_points)}", "", f"File: `{res.path}` ({res.seconds:.1f} s)", ""]
+            lines += ["", f"### {_cell(res.exercise) or '(unknown exercise)'}: {_num(res.points)} / "
+                          f"{_num(res.max_points)}", "", f"File: {_cell(str(res.path))} ({res.seconds:.1f} s)", ""]
             lines += [f"- {_cell(note)}" for note in res.notes] + ([""] if res.notes else [])
             lines += ["| cell | points | status | message |", "|---|---|---|---|"]
-            lines += [f"| {r.grade_id or '—'} | {_num(r.points)} / {_num(r.max_points)} | {r.status} | "
+            lines += [f"| {_cell(r.grade_id) or '—'} | {_num(r.points)} / {_num(r.max_points)} | {r.status} | "
                       f"{_cell(r.message)} |" for r in res.rows]
     _write_text_atomic(Path(path), "\n".join(lines) + "\n")
     return Path(path)
