@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import math
 import sys
+import threading
 import types
 
 import numpy as np
@@ -132,7 +133,7 @@ def _codes(ref) -> set[tuple[str, int]]:
     def add_function(f):
         f = inspect.unwrap(getattr(f, "__func__", f))
         code = getattr(f, "__code__", None)
-        if code is not None:
+        if code is not None and not code.co_filename.startswith("<"):  # not generated code (dataclasses)
             out.add((code.co_filename, code.co_firstlineno))
 
     def add_class(cls):
@@ -175,13 +176,15 @@ def not_calling(*refs, what: str = "this exercise"):
             if (code.co_filename, code.co_firstlineno) in codes:
                 seen.append(getattr(code, "co_qualname", code.co_name))
 
-    previous = sys.getprofile()
+    previous, previous_threads = sys.getprofile(), threading.getprofile()
     sys.setprofile(watch)
+    threading.setprofile(watch)  # threads the answer starts are watched too
     try:
         yield
     finally:
         still = sys.getprofile()
         sys.setprofile(previous)
+        threading.setprofile(previous_threads)
     if still is not watch:
         raise AssertionError("the answer replaced the profile function the test uses to watch it")
     if seen:
