@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data lab test test-fast test-browser exercises grade notebooks bench dry-run-full clean
+.PHONY: setup data site lab test test-fast test-browser exercises grade notebooks bench dry-run-full clean
 
 # A virtual environment with cnnlib (editable) and everything the lectures and tests need.
 $(STAMP): pyproject.toml
@@ -17,15 +17,17 @@ setup: $(STAMP) data
 
 # Debian packages the course uses: Fashion-MNIST for the medium profile (cnnlib/data.py looks in
 # $$CNNLIB_DATA, then in Debian's package) and bubblewrap, the grader's per-submission sandbox
-# (cnnlib/course/sandbox.py). As root on a Debian-family system: install what is missing; elsewhere:
+# (cnnlib/course/sandbox.py), and MathJax 2 (libjs-mathjax), which typesets the website's math offline.
+# As root on a Debian-family system: install what is missing; elsewhere:
 # say how to get it. The quick profile needs none of this (its digits ship inside scikit-learn), and
 # without bwrap the grader still runs, with resource limits only and a warning.
 data: $(STAMP)
 	@missing=""; \
 	$(BIN)/python -c "import sys, cnnlib.data as d; sys.exit(not d.fashion_mnist_available())" || missing="dataset-fashion-mnist"; \
 	command -v bwrap >/dev/null || missing="$${missing:+$$missing }bubblewrap"; \
+	[ -f /usr/share/javascript/mathjax/MathJax.js ] || missing="$${missing:+$$missing }libjs-mathjax"; \
 	if [ -z "$$missing" ]; then \
-	  echo "Fashion-MNIST: found; bubblewrap: found"; \
+	  echo "Fashion-MNIST: found; bubblewrap: found; MathJax: found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "apt-get install $$missing"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
@@ -35,7 +37,15 @@ data: $(STAMP)
 	  echo "  Without Fashion-MNIST the course runs in the quick profile; with internet it downloads:"; \
 	  echo "    $(BIN)/python -c \"import cnnlib; cnnlib.load('fashion-mnist')\""; \
 	  echo "  Without bubblewrap the grader runs submissions under resource limits only."; \
+	  echo "  Without libjs-mathjax, make site cannot typeset math (or set CNNLIB_MATHJAX to a MathJax 2 copy)."; \
 	fi
+
+# The course website in site/ (cnnlib/course/site.py): every lecture executed in the quick profile
+# (the result cache makes a rebuild fast), built with Sphinx + myst-nb. make site LECTURES="08 09"
+# builds only those.
+LECTURES ?=
+site: setup
+	CNNLIB_PROFILE=quick $(BIN)/cnn-course site $(LECTURES) --out site
 
 # Start JupyterLab with the file browser on lectures/ (cnnlib/course/lab.py: the course's
 # JupyterLab defaults, and --allow-root where Jupyter needs it).

@@ -5,6 +5,7 @@
     cnn-course exercises                     write exercises/ from solutions/
     cnn-course grade SUBMISSION... [--out grades.csv]
                                              grade notebooks (files or folders) into a CSV and a summary
+    cnn-course site [LECTURE...] [--out site]   build the course website from the lectures, executed
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import exercises, grade, lab, notebooks
+from . import exercises, grade, lab, notebooks, site
 
 NOTEBOOK_FOLDERS = ("lectures", "solutions", "exercises")
 
@@ -80,6 +81,24 @@ def _grade(args) -> int:
     return 0
 
 
+def _site(args) -> int:
+    root = _course_root()
+    lectures = None
+    if args.lectures:
+        found = {p.name[:2]: p for p in (root / "lectures").glob("[0-9][0-9]_*.ipynb")}
+        unknown = [n for n in args.lectures if n.zfill(2) not in found]
+        if unknown:
+            raise SystemExit(f"cnn-course site: no lecture {', '.join(unknown)}; the lectures are "
+                             f"{', '.join(sorted(found))}")
+        lectures = [found[n.zfill(2)] for n in args.lectures]
+    try:
+        index = site.build(root, args.out.resolve(), lectures)
+    except site.SiteError as err:
+        raise SystemExit(f"cnn-course site: {err}")
+    print(f"open {index} in a browser, or serve it: python -m http.server -d {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cnn-course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +131,13 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=grade.TOTAL_TIMEOUT,
                    help=f"seconds per submission, all cells together (default: {grade.TOTAL_TIMEOUT})")
     p.set_defaults(func=_grade)
+
+    p = sub.add_parser("site", help="build the course website (static HTML) from the lectures executed "
+                                    "in the quick profile", description=site.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("lectures", nargs="*", help="lecture numbers, e.g. 08 09 (default: all ten)")
+    p.add_argument("--out", type=Path, default=Path("site"), help="the site's folder (default: site/)")
+    p.set_defaults(func=_site)
     args, extra = parser.parse_known_args(argv)
     if extra and args.func is not _lab:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
