@@ -28,11 +28,12 @@ def _hashes(folder):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("site")
+    out = tmp_path_factory.mktemp("site-parent") / "site"
     before = _hashes(ROOT / "lectures")
     index = site.build(ROOT, out, [ROOT / "lectures" / f"{name}.ipynb" for name in LECTURES],
                        work=tmp_path_factory.mktemp("site-work"))
     assert _hashes(ROOT / "lectures") == before, "building the site changed a stored notebook"
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name], "the build wrote beside its folder"
     return index.parent
 
 
@@ -149,6 +150,13 @@ def test_a_progress_bar_is_shown_as_its_final_line_and_other_widgets_as_a_note(t
     assert bar.text.startswith("ResNet-8: 100%|" + "█" * 20 + "| 7/7 ["), bar.text
     assert "needs a running kernel" in note.data["text/markdown"]
     assert all(site.WIDGET_VIEW not in o.get("data", {}) for o in outputs)
+
+
+def test_the_build_never_writes_over_a_folder_that_is_not_a_site(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(site.SiteError, match="not empty and not a site built before"):
+        site.build(ROOT, tmp_path, [ROOT / "lectures" / "08_resnet_ensembles.ipynb"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_without_mathjax_the_build_says_how_to_get_it(tmp_path, monkeypatch):

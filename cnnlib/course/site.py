@@ -330,8 +330,8 @@ def build(root: Path, out: Path, lectures: list[Path] | None = None, work: Path 
         raise SiteError(f"the site needs Sphinx, myst-nb and furo ({err.name} is missing): "
                         f"pip install -e '.[dev]'") from None
     mathjax_dir()
-    if (out / ".buildinfo").is_file():  # an earlier build: start clean, no stale pages
-        shutil.rmtree(out)
+    if out.exists() and (not out.is_dir() or not (out / ".buildinfo").is_file() and any(out.iterdir())):
+        raise SiteError(f"{out} is not empty and not a site built before; choose another --out")
     lectures = sorted(lectures if lectures is not None else (root / "lectures").glob("[0-9][0-9]_*.ipynb"))
     if not lectures:
         raise SiteError(f"no lectures (NN_*.ipynb) in {root / 'lectures'}")
@@ -372,10 +372,13 @@ def build(root: Path, out: Path, lectures: list[Path] | None = None, work: Path 
         (src / "_static" / "favicon.svg").write_text(FAVICON, encoding="utf-8")
         (src / "_static" / "course.css").write_text(CSS, encoding="utf-8")
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", str(src), str(out)],
+        html_dir = work / "html"  # myst-nb writes beside its output folder, so build inside work/
+        done = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-E", str(src), str(html_dir)],
                               capture_output=True, text=True)
         if done.returncode:
             raise SiteError(f"sphinx-build failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        shutil.rmtree(out, ignore_errors=True)  # an earlier build: no stale pages
+        shutil.copytree(html_dir, out)
         log(f"built {out} with Sphinx in {time.perf_counter() - start:.0f} s")
         return out / "index.html"
     finally:
