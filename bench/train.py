@@ -12,6 +12,7 @@ loop overhead, not the recipe.
     python bench/train.py --seeds 1       # one seed (about 40 s)
     python bench/train.py --workers 2     # give the DataLoader worker processes
     python bench/train.py --only-gflops   # just the "how close to the machine" table
+    python bench/train.py --hot-loop      # torch.compile, BN folding, channels-last: what each gains
 
 It then reports how close the training loop comes to the machine: for the medium profile's
 networks, the achieved GFLOP/s of ``cnnlib.fit`` (forward FLOPs per image × 3 for forward and
@@ -21,6 +22,7 @@ matrix product measured in the same run — the fraction of the machine's dense 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -135,6 +137,84 @@ def achieved_gflops(images: int = 4096, epochs: int = 2) -> cnnlib.report.Table:
                                      f"{torch.get_num_threads()} threads")
 
 
+def _train_images_per_second(net, data, epochs: int) -> float:
+    history = cnnlib.fit(net, data, epochs=epochs, lr=0.05, batch_size=128, progress=False, cache=False)
+    return epochs * (len(data.x_train) // 128) * 128 / history.final["time"]
+
+
+def _eval_images_per_second(net, x, repeats: int = 3) -> float:
+    """Inference-mode forward passes over ``x`` in batches of 1,024, as ``cnnlib.evaluate`` runs them."""
+    def run():
+        with torch.inference_mode():
+            for i in range(0, len(x), 1024):
+                net(x[i:i + 1024])
+    return len(x) / cnnlib.measure.median_time(run, torch.device("cpu"), repeats=repeats, warmup=1)
+
+
+def hot_loop_variants(images: int = 4096, epochs: int = 2, networks=("VGG-11-small, 32 px (L01)",
+                                                                    "ResNet-20 w16, 16 px (L02)")):
+    """What the hot loop gains from torch.compile (training), and evaluation from BN folding
+    (``torch.fx.experimental.optimization.fuse``: each BatchNorm folded into the convolution before it),
+    channels-last inputs and torch.compile. Fraction of a matmul's GFLOP/s, before and after."""
+    import torch._dynamo
+    from torch.fx.experimental.optimization import fuse
+
+    fashion = cnnlib.load("fashion-mnist", device="cpu", subset=(images, 2048)) \
+        if cnnlib.data.fashion_mnist_available() else None
+    source = fashion or cnnlib.load("digits", device="cpu")
+    peak = matmul_gflops()
+    train_rows, eval_rows = [], []
+    for label in networks:
+        spec, side = MEDIUM_WORKLOAD[label]
+        data = source.resize(side)
+        flops = cnnlib.flops(build(spec, data, SEED), (1, data.in_channels, side, side))
+        to_gflops = lambda per_s, k: f"{k * flops * per_s / 1e9:.1f} ({k * flops * per_s / 1e9 / peak:.0%})"
+
+        eager = _train_images_per_second(build(spec, data, SEED), data, epochs)
+        torch._dynamo.reset()
+        compiled = torch.compile(build(spec, data, SEED))
+        start = time.perf_counter()
+        first = _train_images_per_second(compiled, data, 1)  # includes compiling forward and backward
+        first_epoch = time.perf_counter() - start
+        steady = _train_images_per_second(compiled, data, epochs)
+        compile_s = first_epoch - (len(data.x_train) // 128) * 128 / steady
+        train_rows.append((label, f"{eager:,.0f}", to_gflops(eager, 3), f"{steady:,.0f}", to_gflops(steady, 3),
+                           f"{steady / eager:.2f}×", f"{compile_s:.0f}"))
+        print(f"{label}: training eager {eager:,.0f} img/s, compiled {steady:,.0f} img/s "
+              f"(first epoch {first:,.0f} img/s; compiling ≈ {compile_s:.0f} s)", flush=True)
+
+        net = build(spec, data, SEED)
+        cnnlib.fit(net, data, epochs=1, lr=0.05, batch_size=128, progress=False, cache=False)
+        net.eval()
+        x = data.x_test
+        variants = {"eager (as cnnlib.evaluate)": (net, x),
+                    "BN folded": (fuse(net), x),
+                    "channels-last": (copy.deepcopy(net).to(memory_format=torch.channels_last),
+                                      x.contiguous(memory_format=torch.channels_last)),
+                    "BN folded + channels-last": (fuse(net).to(memory_format=torch.channels_last),
+                                                  x.contiguous(memory_format=torch.channels_last))}
+        torch._dynamo.reset()
+        variants["torch.compile"] = (torch.compile(copy.deepcopy(net)), x)
+        with torch.inference_mode():
+            reference = net(x[:512])
+        base = None
+        for name, (model, inputs) in variants.items():
+            with torch.inference_mode():
+                diff = (model(inputs[:512]) - reference).abs().max().item()
+            per_s = _eval_images_per_second(model, inputs)
+            base = base or per_s
+            eval_rows.append((label, name, f"{per_s:,.0f}", to_gflops(per_s, 1), f"{per_s / base:.2f}×", f"{diff:.1e}"))
+            print(f"  eval {name:28s} {per_s:9,.0f} img/s  {per_s / base:.2f}×  max |Δ logit| {diff:.1e}", flush=True)
+    threads = torch.get_num_threads()
+    return (cnnlib.report.Table(["network", "eager images/s", "GFLOP/s (of matmul)", "compiled images/s",
+                                 "GFLOP/s (of matmul)", "speed-up", "compile time (s)"], train_rows,
+                                title=f"Training, cnnlib.fit on {source.name} ({len(source.x_train)} images), "
+                                      f"batch 128, eager vs torch.compile; matmul {peak:.0f} GFLOP/s, {threads} threads"),
+            cnnlib.report.Table(["network", "evaluation", "images/s", "GFLOP/s (of matmul)", "vs eager",
+                                 "max |Δ logit|"], eval_rows,
+                                title=f"Evaluation, {len(source.x_test)} test images, batches of 1,024, inference mode"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -143,9 +223,16 @@ def main():
                         help="seeds per network (accuracies on 360 test images scatter by several "
                              "points between seeds, so equal accuracy is judged on the mean)")
     parser.add_argument("--only-gflops", action="store_true", help="skip the textbook-loop comparison")
+    parser.add_argument("--hot-loop", action="store_true",
+                        help="only: torch.compile for training; BN folding, channels-last, compile for evaluation")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.hot_loop:
+        cnnlib.setup(seed=SEED, profile="medium", device="cpu")
+        for table in hot_loop_variants():
+            print(table)
+        return
     if args.only_gflops:
         cnnlib.setup(seed=SEED, profile="medium", device="cpu")
         print(achieved_gflops())

@@ -133,6 +133,13 @@ def test_a_lecture_that_fails_names_itself_and_its_cell(tmp_path):
         site.build(tmp_path, tmp_path / "out")
 
 
+def _cmdline(process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # a zombie another test left, or a process that just ended
+        return ""
+
+
 def test_a_progress_bar_is_shown_as_its_final_line_and_other_widgets_as_a_note(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from tqdm.auto import tqdm\nimport ipywidgets\n"
@@ -140,7 +147,7 @@ def test_a_progress_bar_is_shown_as_its_final_line_and_other_widgets_as_a_note(t
         "display(ipywidgets.IntSlider(3))")])
     nbformat.write(nb, tmp_path / "01_bars.ipynb")
     executed = site.execute_lecture(tmp_path / "01_bars.ipynb", tmp_path / "scores.jsonl")
-    kernels = [c for c in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(c.cmdline())]
+    kernels = [c for c in psutil.Process().children(recursive=True) if "ipykernel" in _cmdline(c)]
     assert kernels == [], "the lecture's kernel outlived its execution"
     assert "widgets" in executed.metadata  # nbclient saved the widgets' final state ...
     outputs = site.static_outputs(executed).cells[0].outputs
