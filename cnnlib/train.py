@@ -12,6 +12,7 @@ Same seed, same machine → the same ``History`` (tested on the CPU).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -107,20 +108,39 @@ def _split(data, split: str) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+@contextlib.contextmanager
+def _channels_last(model: nn.Module, enabled: bool):
+    """``model``'s 4-D weights in channels-last layout for the block, then back as they were."""
+    kernels = [p for p in model.parameters() if p.ndim == 4]
+    was = bool(kernels) and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    if enabled and kernels and not was:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if enabled and kernels and not was:
+            model.to(memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024,
-             amp: bool | None = None) -> dict[str, float]:
+             amp: bool | None = None, channels_last: bool | None = None) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on a split of ``data``.
 
     ``data`` is an ``ImageData`` (``split`` picks train or test) or an ``(x, y)`` pair of tensors.
-    The model's train/eval mode is restored afterwards.
+    ``channels_last`` (default: on for the CPU and CUDA, as in ``fit``) runs images and kernels in
+    channels-last layout: 1.35–2.3× faster evaluation on the CPU, the same numbers to float rounding
+    (``bench/train.py --hot-loop``). The model's train/eval mode and layout are restored afterwards.
     """
     x, y = _split(data, split)
     device = x.device
     amp = device.type == "cuda" if amp is None else amp
+    channels_last = (device.type in ("cuda", "cpu") if channels_last is None else channels_last) and x.ndim == 4
     total_loss, correct = 0.0, 0
-    with eval_mode(model):
+    with eval_mode(model), _channels_last(model, channels_last):
         for xb, yb in batches(x, y, batch_size):
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with _autocast(device, amp):
                 out = model(xb)
             total_loss += F.cross_entropy(out.float(), yb, reduction="sum").item()

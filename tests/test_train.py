@@ -133,3 +133,21 @@ def test_googlenet_auxiliary_logits_are_trained_with_weight_0_3(digits32, quiet)
     hist = cnnlib.fit(Aux(), digits32.subset(train=256), epochs=1, batch_size=64, cache=False)
     # main + 0.3 * aux of the same logits: the reported loss is 1.3 × the cross-entropy
     assert hist.final["train_loss"] > 1.3 * 1.5
+
+
+def test_evaluate_in_channels_last_matches_the_plain_layout_and_restores_it(digits32):
+    torch.manual_seed(0)
+    net = cnnlib.models.create("resnet_cifar", depth=8, width=8, num_classes=10, in_channels=1)
+    net.eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    plain = cnnlib.evaluate(net, digits32, channels_last=False)
+    fast = cnnlib.evaluate(net, digits32, channels_last=True)
+    assert fast["acc"] == plain["acc"]
+    assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert all(p.is_contiguous() for p in net.parameters())  # the layout it had
+    net.to(memory_format=torch.channels_last)
+    cnnlib.evaluate(net, digits32)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.ndim == 4)
