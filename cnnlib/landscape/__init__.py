@@ -63,8 +63,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .measure import median_time
-from .models import eval_mode
+from ..measure import median_time
+from ..models import eval_mode
 
 Point = dict  # name -> Tensor: a position (or a direction) in weight space
 
@@ -373,7 +373,7 @@ def rescaled_copy(model: nn.Module, factor: float) -> nn.Module:
 
 
 def _eval_tensors(data, split: str) -> tuple[Tensor, Tensor]:
-    from .data import ImageData
+    from ..data import ImageData
 
     if isinstance(data, ImageData):
         if split not in ("train", "test"):
@@ -391,7 +391,7 @@ def _eval_tensors(data, split: str) -> tuple[Tensor, Tensor]:
 
 
 def _bn_images(data, bn_data) -> Tensor:
-    from .data import ImageData
+    from ..data import ImageData
 
     if bn_data is not None:
         return bn_data[0] if isinstance(bn_data, (tuple, list)) else bn_data
@@ -623,7 +623,7 @@ def evaluate_points(model: nn.Module, data, directions: Sequence[Point], coords,
 
     Returns ``(loss, acc, strategy used)`` with one entry per point.
     """
-    from .train import _progress_enabled
+    from ..train import _progress_enabled
 
     if bn not in BN_MODES:
         raise ValueError(f"bn must be 'keep' (the centre's running statistics) or 'recompute' "
@@ -776,7 +776,7 @@ class Surface:
 
     def save(self, path) -> Path:
         """Write to ``path`` (a ``torch.save`` file of plain tensors; atomic)."""
-        from .cache import atomic_save
+        from ..cache import atomic_save
 
         path = Path(path)
         atomic_save(self.to_dict(), path)
@@ -945,8 +945,8 @@ def surface(model: nn.Module, data, directions, alphas, betas=None, *, center=No
     cost — points, FLOPs, seconds — before a computation starts; a cached result is returned
     without a word.
     """
-    from . import cache as _cache
-    from .train import _progress_enabled
+    from .. import cache as _cache
+    from ..train import _progress_enabled
 
     dirs = [directions] if isinstance(directions, Mapping) else list(directions)
     alphas = np.asarray(alphas, dtype=np.float64)
@@ -1027,3 +1027,8 @@ def random_surface(model: nn.Module, data, span: float = 1.0, resolution: int = 
     g = grid(span, resolution)
     meta = {"norm": norm, "bias_bn": bias_bn, "seed": seed, **options.pop("meta", {})}
     return surface(model, data, dirs, g, g if dims == 2 else None, meta=meta, **options)
+
+
+# Curvature (curvature.py): Hessian-vector products, eigenvalues, trace, spectral density.
+from .curvature import (Density, HessianOperator, Ratio, eigen_ratio, eigenvalues, hessian,  # noqa: E402
+                      lanczos, power_iteration, spectral_density, trace)
