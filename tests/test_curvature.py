@@ -44,7 +44,7 @@ def test_lanczos_finds_both_ends_of_a_known_spectrum(quadratic):
     H, _ = quadratic
     np.testing.assert_allclose(L.eigenvalues(H, k=3), SPECTRUM[:3], atol=1e-8)
     np.testing.assert_allclose(L.eigenvalues(H, k=2, which="SA"), SPECTRUM[-2:], atol=1e-8)
-    r = L.eigen_ratio(H)
+    r = L.eigen_ratio(H, steps=8)  # 8 Lanczos steps span the space: exact
     assert r.max == pytest.approx(9.0) and r.min == pytest.approx(-1.5) and r.ratio == pytest.approx(1.5 / 9)
 
 
@@ -104,16 +104,24 @@ def small():
     return net, (x, y), dense
 
 
-def test_a_network_hessian_equals_the_dense_one(small):
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_both_products_equal_the_dense_hessian(small, mode):
     net, data, dense = small
-    H = L.hessian(net, data, batch_size=64)
+    H = L.hessian(net, data, batch_size=64, mode=mode)
     assert H.dim == dense.shape[0] == 3 * 9 + 3 + 3 + 3 + 48 * 10 + 10
     v = torch.randn(H.dim)
     torch.testing.assert_close(H(v), dense @ v, atol=1e-5, rtol=1e-4)
+
+
+def test_a_network_hessian_equals_the_dense_one(small):
+    net, data, dense = small
+    H = L.hessian(net, data, batch_size=64)
     exact = np.linalg.eigvalsh(dense.double().numpy())[::-1]
     np.testing.assert_allclose(L.eigenvalues(H, k=3, tol=1e-6), exact[:3], rtol=1e-4)
-    r = L.eigen_ratio(H, tol=1e-6)
-    assert r.max == pytest.approx(exact[0], rel=1e-4) and r.min == pytest.approx(exact[-1], rel=1e-3, abs=1e-5)
+    r = L.eigen_ratio(H, steps=60)
+    assert r.max == pytest.approx(exact[0], rel=1e-6) and r.min == pytest.approx(exact[-1], rel=1e-3)
+    short = L.eigen_ratio(H, steps=15)  # what the lecture uses: the ends converge first
+    assert short.max == pytest.approx(exact[0], rel=1e-3) and short.min == pytest.approx(exact[-1], rel=0.1)
     mean, se = L.trace(H, samples=200)
     assert abs(mean - float(dense.trace())) < 3 * se
     assert net.training is False and all(p.grad is None for p in net.parameters())  # nothing left behind
@@ -153,6 +161,8 @@ def test_bad_input_is_explained(small):
         L.eigenvalues(H, k=0)
     with pytest.raises(ValueError, match="center has entries the model does not"):
         L.hessian(net, data, center={"nope": torch.zeros(1)})
+    with pytest.raises(ValueError, match="mode must be one of"):
+        L.hessian(net, data, mode="sideways")
     with pytest.raises(ValueError, match="an .inputs, targets. pair"):
         L.hessian(net, data[0])
 
@@ -163,3 +173,25 @@ def test_a_centre_moves_the_point(small):
     torch.testing.assert_close(L.hessian(net, data, center=moved).dense(), dense, atol=1e-5, rtol=1e-4)
     moved["fc.weight"] = moved["fc.weight"] * 2
     assert not torch.allclose(L.hessian(net, data, center=moved).dense(), dense, atol=1e-3)
+
+
+def test_the_ratio_map_of_a_quadratic_is_its_constant_ratio(quadratic):
+    H, a = quadratic
+    model, data = H.model, (H.x, H.y)
+    directions = [{"p": torch.eye(8, dtype=torch.float64)[0]}, {"p": torch.eye(8, dtype=torch.float64)[1]}]
+    m = L.eigen_ratio_map(model, data, directions, [-1.0, 0.0, 1.0], [-0.5, 0.5], loss_fn=H.loss_fn,
+                          steps=8, progress=False)
+    assert m.ratio.shape == (2, 3)
+    np.testing.assert_allclose(m.ratio, 1.5 / 9, rtol=1e-6)
+    np.testing.assert_allclose(m.max, 9.0, rtol=1e-6)
+
+
+def test_the_ratio_map_moves_along_the_plane(small):
+    net, data, dense = small
+    dirs = [L.random_direction(net, "filter", "zero", seed) for seed in (0, 1)]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    m = L.eigen_ratio_map(net, data, dirs, [0.0, 0.5], [0.0], steps=60, progress=False)
+    exact = np.linalg.eigvalsh(dense.double().numpy())
+    assert m.max[0, 0] == pytest.approx(exact[-1], rel=1e-4) and m.min[0, 0] == pytest.approx(exact[0], rel=1e-3)
+    assert m.max[0, 1] != pytest.approx(m.max[0, 0], rel=1e-2)  # another point, another Hessian
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the network is not moved

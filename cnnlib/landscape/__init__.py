@@ -1030,5 +1030,5 @@ def random_surface(model: nn.Module, data, span: float = 1.0, resolution: int = 
 
 
 # Curvature (curvature.py): Hessian-vector products, eigenvalues, trace, spectral density.
-from .curvature import (Density, HessianOperator, Ratio, eigen_ratio, eigenvalues, hessian,  # noqa: E402
-                      lanczos, power_iteration, spectral_density, trace)
+from .curvature import (Density, HessianOperator, Ratio, RatioMap, eigen_ratio, eigen_ratio_map,  # noqa: E402
+                        eigenvalues, hessian, lanczos, power_iteration, spectral_density, trace)

@@ -11,15 +11,18 @@ each uses Hessian-vector products
 
     H v = d/dε ∇L(θ + ε v) |_{ε=0},
 
-computed here as forward-mode over reverse-mode differentiation (``torch.func.jvp`` of
-``torch.func.grad``) through ``torch.func.functional_call`` on the network itself: no second
-copy of the model, one HVP costs about two backward passes.
+computed with ``torch.func`` through ``functional_call`` on the network itself (no second copy
+of the model): forward-mode over reverse-mode (``jvp`` of ``grad``) or, since H is symmetric,
+reverse over reverse (``vjp`` of ``grad``). ``mode="auto"`` takes the first on CUDA and the second
+on the CPU, where it measured 1.6× faster (47 vs 75 ms for ResNet-20 on 128 digits,
+``python bench/hessian.py``); both give the same vector to float rounding.
 
 * ``hessian(model, data)`` — the operator ``v ↦ H v`` of the mean loss over a data split, the
   model in eval mode (BatchNorm uses its running statistics, as ``surface`` evaluates).
 * ``eigenvalues`` — extreme eigenvalues by implicitly restarted Lanczos (SciPy's ``eigsh``,
   ARPACK); ``power_iteration`` — the largest-magnitude ones by power iteration with deflation, as
-  PyHessian computes them; ``eigen_ratio`` — λ_min, λ_max and |λ_min/λ_max|.
+  PyHessian computes them; ``eigen_ratio`` — λ_min, λ_max (the extreme Ritz values of a short Lanczos
+  run) and |λ_min/λ_max|, and ``eigen_ratio_map`` — that ratio over a plane, Li et al.'s Fig. 8.
 * ``trace`` — Hutchinson's estimator E[vᵀHv] = tr H with Rademacher v (Hutchinson 1989), with its
   standard error.
 * ``spectral_density`` — stochastic Lanczos quadrature (Golub & Meurant; Ghorbani, Krishnan &
@@ -40,6 +43,8 @@ from torch import Tensor
 
 from ..models import eval_mode
 
+MODES = ("auto", "forward", "reverse")  # forward-over-reverse or reverse-over-reverse HVPs
+
 
 class HessianOperator:
     """``v ↦ H v`` for the Hessian of the mean loss over ``(x, y)`` with respect to the trainable
@@ -48,7 +53,10 @@ class HessianOperator:
     convert. ``calls`` counts the products computed (each one pass over the data)."""
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, loss_fn: Callable | None = None,
-                 batch_size: int = 1024, center: Mapping[str, Tensor] | None = None):
+                 batch_size: int = 1024, center: Mapping[str, Tensor] | None = None, mode: str = "auto"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode if mode != "auto" else ("forward" if x.device.type == "cuda" else "reverse")
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need as many targets as inputs, and at least one: {len(x)} inputs, {len(y)} targets")
         self.model, self.x, self.y = model, x, y
@@ -106,7 +114,10 @@ class HessianOperator:
         with eval_mode(self.model):
             for xb, yb, w in self._batches():
                 grad = lambda flat: torch.func.grad(self._batch_loss)(flat, xb, yb)  # noqa: E731
-                hv += w * torch.func.jvp(grad, (self.theta,), (v,))[1].detach()
+                if self.mode == "forward":
+                    hv += w * torch.func.jvp(grad, (self.theta,), (v,))[1].detach()
+                else:
+                    hv += w * torch.func.vjp(grad, self.theta)[1](v)[0].detach()
         self.calls += 1
         return hv
 
@@ -125,7 +136,8 @@ class HessianOperator:
 
 
 def hessian(model: nn.Module, data, *, split: str = "train", n_images: int | None = None,
-            loss_fn: Callable | None = None, batch_size: int = 1024, center=None) -> HessianOperator:
+            loss_fn: Callable | None = None, batch_size: int = 1024, center=None,
+            mode: str = "auto") -> HessianOperator:
     """The Hessian of ``model``'s mean loss on ``data`` (an ``ImageData`` and a ``split``, or an
     ``(inputs, targets)`` pair — as ``surface`` takes them; the first ``n_images`` only, if given)
     at ``center`` (a point from ``weights``, default: the current weights), as a ``HessianOperator``.
@@ -135,7 +147,7 @@ def hessian(model: nn.Module, data, *, split: str = "train", n_images: int | Non
     x, y = _eval_tensors(data, split)
     if n_images is not None:
         x, y = x[:n_images], y[:n_images]
-    return HessianOperator(model, x, y, loss_fn=loss_fn, batch_size=batch_size, center=center)
+    return HessianOperator(model, x, y, loss_fn=loss_fn, batch_size=batch_size, center=center, mode=mode)
 
 
 def _start(H: HessianOperator, seed: int) -> Tensor:
@@ -202,12 +214,15 @@ class Ratio:
         return abs(self.min / self.max) if self.max else float("inf")
 
 
-def eigen_ratio(H: HessianOperator, tol: float = 1e-3, seed: int = 0) -> Ratio:
-    """λ_min and λ_max of H (Lanczos from both ends at once) and their ratio (Li et al. 2018,
-    Sec. 6): near 0 the surface is locally convex; a sizeable ratio means strong negative
-    curvature in some direction a 2D slice may not show."""
-    lo, hi = eigenvalues(H, k=2, which="BE", tol=tol, seed=seed)[::-1]
-    return Ratio(float(lo), float(hi))
+def eigen_ratio(H: HessianOperator, steps: int = 20, seed: int = 0) -> Ratio:
+    """λ_min and λ_max of H — the extreme Ritz values of ``steps`` Lanczos iterations, which converge
+    first (Kaniel–Paige), so one short run gives both ends — and their ratio (Li et al. 2018, Sec. 6):
+    near 0 the surface is locally convex; a sizeable ratio means strong negative curvature in some
+    direction a 2D slice may not show. ``eigenvalues(H, which="BE")`` is the slower, tolerance-driven
+    alternative."""
+    alphas, betas = lanczos(H, steps, _start(H, seed))
+    theta = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+    return Ratio(float(theta[0]), float(theta[-1]))
 
 
 # -------------------------------------------------------------------- trace and density
@@ -304,3 +319,62 @@ def spectral_density(H: HessianOperator, steps: int = 40, vectors: int = 2, seed
         nodes.append(theta)
         weights.append(Q[0] ** 2)
     return Density(nodes, weights, H.dim)
+
+
+# -------------------------------------------------------------------- over a plane
+
+@dataclass
+class RatioMap:
+    """λ_min, λ_max and |λ_min/λ_max| at every point ``(alphas[j], betas[i])`` of a plane through a
+    minimum (rows: β, columns: α, as a ``Surface``'s arrays)."""
+    alphas: np.ndarray
+    betas: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    label: str = ""
+
+    @property
+    def ratio(self) -> np.ndarray:
+        return np.abs(self.min / np.where(self.max == 0, np.nan, self.max))
+
+    def plot(self, ax=None, vmax: float = 1.0):
+        """Li et al.'s Fig. 8 reading: blue where the surface is convex (ratio ≈ 0), yellow where
+        the negative curvature is as large as the positive one (ratio ≥ ``vmax``)."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        image = ax.pcolormesh(self.alphas, self.betas, np.minimum(self.ratio, vmax), cmap="viridis",
+                              vmin=0, vmax=vmax, shading="nearest")
+        ax.plot(0, 0, "r*", markersize=10)
+        ax.set_xlabel("α")
+        ax.set_ylabel("β")
+        ax.set_aspect("equal")
+        ax.set_title(self.label)
+        return image
+
+
+def eigen_ratio_map(model: nn.Module, data, directions, alphas, betas, *, steps: int = 15,
+                    seed: int = 0, progress: bool | None = None, label: str = "", **options) -> RatioMap:
+    """``eigen_ratio`` at ``θ* + α·δ + β·η`` for every ``α`` in ``alphas`` and ``β`` in ``betas``
+    (``directions`` = (δ, η), e.g. a surface's directions; BatchNorm statistics stay those of θ*).
+    ``options`` go to ``hessian`` (``split``, ``n_images``, ``batch_size``…). Each point costs one
+    Lanczos run of ``steps`` HVPs: keep the grid coarse on a CPU."""
+    from tqdm.auto import tqdm
+
+    from . import combine, weights
+    from ..train import _progress_enabled
+
+    if len(directions) != 2:
+        raise ValueError(f"a plane needs two directions, got {len(directions)}")
+    alphas, betas = np.asarray(alphas, dtype=float), np.asarray(betas, dtype=float)
+    center = weights(model)
+    lo, hi = np.zeros((len(betas), len(alphas))), np.zeros((len(betas), len(alphas)))
+    with tqdm(total=lo.size, desc=label or "|λmin/λmax|", unit="point", leave=True,
+              disable=not _progress_enabled(progress)) as bar:
+        for i, b in enumerate(betas):
+            for j, a in enumerate(alphas):
+                H = hessian(model, data, center=combine(center, directions, (a, b)), **options)
+                r = eigen_ratio(H, steps=steps, seed=seed)
+                lo[i, j], hi[i, j] = r.min, r.max
+                bar.update(1)
+    return RatioMap(alphas, betas, lo, hi, label)
