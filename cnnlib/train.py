@@ -113,16 +113,18 @@ def _channels_last(model: nn.Module, enabled: bool):
     """``model``'s 4-D weights in channels-last layout for the block, then back as they were."""
     kernels = [p for p in model.parameters() if p.ndim == 4]
     was = bool(kernels) and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
-    if enabled and kernels and not was:
-        model.to(memory_format=torch.channels_last)
+    convert = enabled and kernels and not was
+    if convert:
+        with torch.no_grad():
+            model.to(memory_format=torch.channels_last)
     try:
         yield
     finally:
-        if enabled and kernels and not was:
-            model.to(memory_format=torch.contiguous_format)
+        if convert:
+            with torch.no_grad():
+                model.to(memory_format=torch.contiguous_format)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024,
              amp: bool | None = None, channels_last: bool | None = None) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on a split of ``data``.
@@ -137,7 +139,8 @@ def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024
     amp = device.type == "cuda" if amp is None else amp
     channels_last = (device.type in ("cuda", "cpu") if channels_last is None else channels_last) and x.ndim == 4
     total_loss, correct = 0.0, 0
-    with eval_mode(model), _channels_last(model, channels_last):
+    # the layout changes outside inference mode: weights converted inside it could not train again
+    with eval_mode(model), _channels_last(model, channels_last), torch.inference_mode():
         for xb, yb in batches(x, y, batch_size):
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)

@@ -148,6 +148,9 @@ def test_evaluate_in_channels_last_matches_the_plain_layout_and_restores_it(digi
     assert fast["acc"] == plain["acc"]
     assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-5)
     assert all(p.is_contiguous() for p in net.parameters())  # the layout it had
+    assert not any(p.is_inference() for p in net.parameters())  # ... and it still trains
+    net.train()
+    torch.nn.functional.cross_entropy(net(digits32.x_train[:8]), digits32.y_train[:8]).backward()
     net.to(memory_format=torch.channels_last)
     cnnlib.evaluate(net, digits32)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters() if p.ndim == 4)
