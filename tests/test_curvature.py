@@ -38,6 +38,9 @@ def quadratic():
 def test_the_product_is_the_chosen_matrix(quadratic):
     H, a = quadratic
     torch.testing.assert_close(H.dense(), a)  # two batches of 4 and 2, weighted to the mean
+    p = H.model.p.detach()
+    assert H.loss() == pytest.approx(float(0.5 * p @ a @ p))
+    assert H.unflatten(H.theta)["p"].shape == (8,)
 
 
 def test_lanczos_finds_both_ends_of_a_known_spectrum(quadratic):

@@ -30,8 +30,10 @@ def _hashes(folder):
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("site-parent") / "site"
     before = _hashes(ROOT / "lectures")
-    index = site.build(ROOT, out, [ROOT / "lectures" / f"{name}.ipynb" for name in LECTURES],
-                       work=tmp_path_factory.mktemp("site-work"))
+    with pytest.MonkeyPatch.context() as mp:  # its own result cache: the notebook tests' cold times stay cold
+        mp.setenv("CNNLIB_CACHE", str(tmp_path_factory.mktemp("site-cache")))
+        index = site.build(ROOT, out, [ROOT / "lectures" / f"{name}.ipynb" for name in LECTURES],
+                           work=tmp_path_factory.mktemp("site-work"))
     assert _hashes(ROOT / "lectures") == before, "building the site changed a stored notebook"
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name], "the build wrote beside its folder"
     return index.parent

@@ -49,8 +49,8 @@ MODES = ("auto", "forward", "reverse")  # forward-over-reverse or reverse-over-r
 class HessianOperator:
     """``v ↦ H v`` for the Hessian of the mean loss over ``(x, y)`` with respect to the trainable
     parameters, at ``center`` (default: the model's current weights). Vectors are flat (``dim``
-    entries, in ``named_parameters`` order) on the model's device; ``unflatten`` and ``flatten``
-    convert. ``calls`` counts the products computed (each one pass over the data)."""
+    entries, in ``named_parameters`` order) on the model's device; ``unflatten`` gives the named
+    tensors back. ``calls`` counts the products computed (each one pass over the data)."""
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, loss_fn: Callable | None = None,
                  batch_size: int = 1024, center: Mapping[str, Tensor] | None = None, mode: str = "auto"):
@@ -84,9 +84,6 @@ class HessianOperator:
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.sizes), self.shapes)}
 
-    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([tensors[n].reshape(-1) for n in self.names])
-
     def _batch_loss(self, flat: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         out = torch.func.functional_call(self.model, {**self.fixed, **self.unflatten(flat)}, (xb,))
         return self.loss_fn(out.float() if out.dtype in (torch.float16, torch.bfloat16) else out, yb)
@@ -100,10 +97,6 @@ class HessianOperator:
         """The mean loss at the centre."""
         with eval_mode(self.model), torch.no_grad():
             return float(sum(w * self._batch_loss(self.theta, xb, yb) for xb, yb, w in self._batches()))
-
-    def gradient(self) -> Tensor:
-        with eval_mode(self.model):
-            return sum(w * torch.func.grad(self._batch_loss)(self.theta, xb, yb) for xb, yb, w in self._batches())
 
     # ---------------------------------------------------------------- the product
     def __call__(self, v: Tensor) -> Tensor:
