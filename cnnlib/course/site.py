@@ -181,8 +181,8 @@ Set up and run every test:
 {test}
 ```
 
-This site shows each lecture as it ran in the **quick profile** (small data, minutes on a
-laptop CPU); the numbers in it are from that run. Run a lecture yourself to see it live, in the
+This site shows each lecture as it ran in the **quick profile** (small data, at most a minute and
+a half per lecture on a laptop CPU); the numbers in it are from that run. Run a lecture yourself to see it live, in the
 medium or full profile for the papers' effects at scale.
 
 ## Course map
