@@ -204,3 +204,20 @@ def test_twins_of_a_test_fail_on_a_correct_answer_and_pass_on_a_forged_one():
     exec(perturbed, {"double": lambda x: Anything()})  # passes: that is what flags the kernel
     assert "2 * x" not in perturbed.split("\n")[-1] or "_shift_" in perturbed
     assert canary.twins(src, seed=0) == canary.twins(src, seed=0) != canary.twins(src, seed=1)
+
+
+@pytest.mark.skipif(bool(sandbox.sandbox_problem()), reason="bubblewrap cannot sandbox here")
+def test_a_course_under_tmp_stays_visible_inside_the_sandbox(tmp_path, monkeypatch):
+    """The sandbox's private /tmp must not hide a course (or its environment) cloned under /tmp:
+    a clone in /tmp graded every cell as an error before the order of the mounts was fixed."""
+    package = tmp_path / "clone" / "cnnlib"
+    package.mkdir(parents=True)
+    (package / "marker.txt").write_text("visible")
+    box = tmp_path / "box"
+    (box / "work").mkdir(parents=True)
+    (box / "run").mkdir()
+    monkeypatch.setattr(sandbox, "_package_folder", lambda: str(package))
+    command = sandbox.kernel_command(box, sandbox.Limits(), sandbox=True)
+    command = command[:command.index("--") + 1] + ["/bin/cat", str(package / "marker.txt")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "visible", done.stderr

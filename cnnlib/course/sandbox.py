@@ -112,9 +112,11 @@ def kernel_command(box: Path, limits: Limits, *, sandbox: bool) -> list[str]:
     # bwrap's --die-with-parent does that watching instead.
     launch.append("--IPKernelApp.parent_handle=1")
     work, run = str(box / "work"), str(box / "run")
-    return [shutil.which("bwrap"), *_system_binds(),
+    # the private /tmp first: binds applied after it stay visible even when the course, its virtual
+    # environment or the grading folders live under /tmp (a clone in /tmp, pytest's tmp_path)
+    return [shutil.which("bwrap"), "--tmpfs", "/tmp", *_system_binds(),
             "--ro-bind", _package_folder(), _package_folder(),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev",
             "--dir", "/tmp/home", "--bind", work, work, "--bind", run, run,
             "--chdir", work, "--unshare-all", "--die-with-parent", "--new-session",
             "--hostname", "sandbox", "--", *launch]
