@@ -113,6 +113,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n ** 3 / seconds / 1e9
 
 
+def _train_images_per_second(net, data, epochs: int) -> float:
+    history = cnnlib.fit(net, data, epochs=epochs, lr=0.05, batch_size=128, progress=False, cache=False)
+    return epochs * (len(data.x_train) // 128) * 128 / history.final["time"]
+
+
 def achieved_gflops(images: int = 4096, epochs: int = 2) -> cnnlib.report.Table:
     """Training GFLOP/s of cnnlib.fit on each medium-profile network, as a fraction of a matmul's."""
     fashion = cnnlib.load("fashion-mnist", device="cpu", subset=(images, 256)) \
@@ -124,8 +129,7 @@ def achieved_gflops(images: int = 4096, epochs: int = 2) -> cnnlib.report.Table:
         data = source.resize(side)
         net = build(spec, data, SEED)
         flops = cnnlib.flops(net, (1, data.in_channels, side, side))
-        history = cnnlib.fit(net, data, epochs=epochs, lr=0.05, batch_size=128, progress=False, cache=False)
-        per_second = epochs * (len(data.x_train) // 128) * 128 / history.final["time"]
+        per_second = _train_images_per_second(net, data, epochs)
         gflops = 3 * flops * per_second / 1e9
         rows.append((label, f"{flops / 1e6:.1f}", f"{per_second:,.0f}", f"{gflops:.1f}", f"{gflops / peak:.0%}"))
         print(f"{label:28s} {per_second:8,.0f} images/s  {gflops:6.1f} GFLOP/s  {gflops / peak:4.0%} of the matmul's",
@@ -135,11 +139,6 @@ def achieved_gflops(images: int = 4096, epochs: int = 2) -> cnnlib.report.Table:
                                title=f"How close to the machine: cnnlib.fit on {source.name}, batch 128; "
                                      f"float32 matmul peak {peak:.0f} GFLOP/s, "
                                      f"{torch.get_num_threads()} threads")
-
-
-def _train_images_per_second(net, data, epochs: int) -> float:
-    history = cnnlib.fit(net, data, epochs=epochs, lr=0.05, batch_size=128, progress=False, cache=False)
-    return epochs * (len(data.x_train) // 128) * 128 / history.final["time"]
 
 
 def _eval_images_per_second(net, x, repeats: int = 3) -> float:

@@ -214,7 +214,7 @@ def eigen_ratio(H: HessianOperator, steps: int = 20, seed: int = 0) -> Ratio:
     direction a 2D slice may not show. ``eigenvalues(H, which="BE")`` is the slower, tolerance-driven
     alternative."""
     alphas, betas = lanczos(H, steps, _start(H, seed))
-    theta = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+    theta = np.linalg.eigvalsh(_tridiagonal(alphas, betas))
     return Ratio(float(theta[0]), float(theta[-1]))
 
 
@@ -255,6 +255,11 @@ def lanczos(H: HessianOperator, steps: int, v0: Tensor) -> tuple[np.ndarray, np.
         betas.append(beta)
         basis.append(w / beta)
     return np.array(alphas), np.array(betas)
+
+
+def _tridiagonal(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """The Lanczos matrix T = VᵀHV from its diagonal and off-diagonal."""
+    return np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
 
 
 @dataclass
@@ -307,8 +312,7 @@ def spectral_density(H: HessianOperator, steps: int = 40, vectors: int = 2, seed
     nodes, weights = [], []
     for i in range(vectors):
         alphas, betas = lanczos(H, steps, _start(H, seed + i))
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, Q = np.linalg.eigh(T)
+        theta, Q = np.linalg.eigh(_tridiagonal(alphas, betas))
         nodes.append(theta)
         weights.append(Q[0] ** 2)
     return Density(nodes, weights, H.dim)
