@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data site lab test test-fast test-browser exercises grade notebooks bench dry-run-full clean
+.PHONY: setup data site lab test test-fast test-browser exercises grade notebooks bench dry-run-full gpu-check gpu-wheels clean
 
 # A virtual environment with cnnlib (editable) and everything the lectures and tests need.
 $(STAMP): pyproject.toml
@@ -86,6 +86,17 @@ bench: $(STAMP)
 # Every lecture's full-profile branch on this CPU, on a fake CIFAR-10 (numbers meaningless).
 dry-run-full: $(STAMP)
 	$(BIN)/python bench/full_profile_dry_run.py
+
+# The prepared GPU check (bench/gpu_check.py; ≈ 8 min on one H200): fit throughput, vmap surfaces and
+# every lecture's full profile shrunk to one epoch, in one table (artifacts/gpu-check.md). Uses the
+# virtual environment where there is one, else python3 (the device machine: see bench/gpu_wheels.py,
+# which `make gpu-wheels` runs to carry the Jupyter wheels and Fashion-MNIST there in .gpu/).
+CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(CHECK_PYTHON) bench/gpu_check.py
+
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

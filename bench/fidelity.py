@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient.exceptions import CellExecutionError
 
-from cnnlib.course import notebooks
+from cnnlib.course import run
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURES = ROOT / "lectures"
@@ -37,32 +36,23 @@ BUDGET_S = {"quick": 90, "medium": 360}  # DESIGN.md: per lecture on 2 cores; fu
 
 def lecture_paths(numbers: list[str]) -> list[Path]:
     """Lecture notebooks by number ("01") or stem ("01_evolution"); all of them if none given."""
-    known = sorted(LECTURES.glob("[0-9][0-9]_*.ipynb"))
-    if not numbers:
-        return known
-    paths = []
-    for n in numbers:
-        match = [p for p in known if p.stem == n or p.stem.split("_")[0] == n.zfill(2)]
-        if not match:
-            sys.exit(f"no lecture {n!r}; the lectures are: {', '.join(p.stem for p in known)}")
-        paths += match
-    return paths
+    try:
+        return run.lecture_paths(LECTURES, numbers)
+    except run.LectureError as err:
+        sys.exit(str(err))
 
 
 def run_lecture(path: Path, board: Path, out: Path) -> tuple[float, str | None]:
     """Execute one lecture with its scoreboard file; (wall seconds, error or None)."""
-    nb = nbformat.read(path, as_version=4)
-    os.environ["CNNLIB_SCOREBOARD"] = str(board)
     start = time.perf_counter()
     error = None
     try:
-        notebooks.execute(nb, path.parent, timeout=3600)
-    except CellExecutionError as err:
-        error = f"{err.ename}: {err.evalue}"
-    except Exception as err:  # a timeout, a dead kernel
-        error = f"{type(err).__name__}: {err}"
+        nb = run.execute(path, env={"CNNLIB_SCOREBOARD": str(board)}, timeout=3600)
+    except run.LectureError as err:
+        nb, error = err.notebook, str(err)
     seconds = time.perf_counter() - start
-    nbformat.write(nb, out / path.name)
+    if nb is not None:
+        nbformat.write(nb, out / path.name)
     return seconds, error
 
 

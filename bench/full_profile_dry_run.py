@@ -49,15 +49,18 @@ SHRINK = dict(epochs=1, bn_epochs=1, darts_epochs=1, retrain_epochs=1, trials=1,
               val=100, eval_images=64, eval_train=64, bn_images=64, eval_size=64, cycles=1,
               steps=3, interpolate=2)
 
-SHRINK_CELL = f"""# inserted by bench/full_profile_dry_run.py: same data and models, fewer epochs and points
-def _shrink(d, values={SHRINK!r}):
+def shrink_cell(values: dict, label: str = "dry run") -> str:
+    """A code cell that, run right after the cell setting ``cfg``, replaces every key of ``cfg``
+    (nested dicts too) that ``values`` names by its value."""
+    return f"""# inserted by a bench script: same data and models, fewer epochs and points
+def _shrink(d, values={values!r}):
     for k, v in d.items():
         if isinstance(v, dict):
             _shrink(v)
         elif k in values:
             d[k] = values[k]
 _shrink(cfg)
-print("dry run, shrunk cfg:", cfg)
+print("{label}, shrunk cfg:", cfg)
 """
 
 
@@ -133,7 +136,7 @@ def _run(paths: list[Path], md5: dict[str, str]) -> int:
         nb = nbformat.read(path, as_version=4)
         at = next(i for i, c in enumerate(nb.cells)
                   if c.cell_type == "code" and "P.choose(" in c.source)
-        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(SHRINK_CELL))
+        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(shrink_cell(SHRINK)))
         nb.cells.insert(0, nbformat.v4.new_code_cell(trust_cell(md5)))
         start = time.perf_counter()
         try:

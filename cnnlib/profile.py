@@ -7,6 +7,10 @@ Every notebook starts with ``P = cnnlib.setup()``. That one call
   effect to rise above noise within about 6 minutes, where that budget can show it) or ``full`` (one GPU, CIFAR-10, the papers' model
   sizes). ``CNNLIB_PROFILE`` overrides the automatic choice: ``full`` when CUDA is present, else
   ``medium`` when Fashion-MNIST is on disk, else ``quick`` (with a hint on how to get it);
+* picks the dataset: the profile's own (``DEFAULT_DATA``) unless ``CNNLIB_DATASET`` (or
+  ``setup(data=...)``) names another — e.g. the full profile on Fashion-MNIST where CIFAR-10
+  cannot be downloaded. Every lecture loads ``P.data``; its cfg sizes the run (subsets, resolution,
+  depths) per profile, not per dataset;
 * picks the device and seeds Python, NumPy and PyTorch;
 * prints one line saying all of that, so a reader always knows what scale they are looking at.
 
@@ -72,6 +76,21 @@ def resolve_profile_name(env: dict | None = None, cuda: bool | None = None,
     return "medium" if fashion_mnist else "quick"
 
 
+def resolve_dataset(profile: str, data: str | None = None, env: dict | None = None) -> str:
+    """The dataset a profile runs on: ``data`` if given, else ``CNNLIB_DATASET``, else the
+    profile's default (``DEFAULT_DATA``). An unknown name is an error listing the known ones."""
+    from .data import DATASETS
+
+    env = os.environ if env is None else env
+    given = data if data is not None else env.get("CNNLIB_DATASET", "")
+    name = given.strip().lower().replace("_", "-") or DEFAULT_DATA[profile]
+    if name not in DATASETS:
+        source = "data" if data is not None else "CNNLIB_DATASET"
+        raise ValueError(f"{source}={given!r} is not a dataset cnnlib knows; choose one of "
+                         f"{', '.join(DATASETS)}")
+    return name
+
+
 def default_device() -> torch.device:
     """CUDA if present, then Apple's MPS, else the CPU. ``CNNLIB_DEVICE`` overrides."""
     if os.environ.get("CNNLIB_DEVICE"):
@@ -98,15 +117,17 @@ def current() -> Profile:
     global _current
     if _current is None:
         name = resolve_profile_name()
-        _current = Profile(name, default_device(), 0, DEFAULT_DATA[name])
+        _current = Profile(name, default_device(), 0, resolve_dataset(name))
     return _current
 
 
 def setup(seed: int = 0, profile: str | None = None, device: str | torch.device | None = None,
-          verbose: bool = True) -> Profile:
-    """Choose profile and device, seed every generator, print what was chosen, return the Profile.
+          verbose: bool = True, data: str | None = None) -> Profile:
+    """Choose profile, dataset and device, seed every generator, print what was chosen, return
+    the Profile.
 
-    ``profile``/``device`` override the environment for this process (useful in tests).
+    ``profile``/``device``/``data`` override the environment (``CNNLIB_PROFILE``,
+    ``CNNLIB_DEVICE``, ``CNNLIB_DATASET``) for this process.
     """
     global _current
     if profile is not None and profile not in PROFILES:
@@ -118,7 +139,7 @@ def setup(seed: int = 0, profile: str | None = None, device: str | torch.device 
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    _current = Profile(name, dev, seed, DEFAULT_DATA[name])
+    _current = Profile(name, dev, seed, resolve_dataset(name, data))
     if verbose:
         threads = f" threads={torch.get_num_threads()}" if dev.type == "cpu" else ""
         print(f"cnnlib: {_current}{threads} torch={torch.__version__}")

@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import torch
@@ -57,3 +58,33 @@ def test_setup_seeds_and_prints(capsys):
     assert torch.equal(a, torch.rand(3))
     out = capsys.readouterr().out
     assert "profile=quick" in out and "device=cpu" in out and "data=digits" in out and "seed=3" in out
+
+
+def test_the_dataset_follows_the_profile_unless_overridden(monkeypatch):
+    monkeypatch.delenv("CNNLIB_DATASET", raising=False)
+    assert cnnlib.setup(profile="full", device="cpu", verbose=False).data == "cifar10"
+    monkeypatch.setenv("CNNLIB_DATASET", "Fashion_MNIST")
+    p = cnnlib.setup(profile="full", device="cpu", verbose=False)
+    assert p.data == "fashion-mnist" and p.name == "full"
+    assert cnnlib.setup(profile="full", device="cpu", verbose=False, data="digits").data == "digits"
+    monkeypatch.setenv("CNNLIB_DATASET", "imagenet")
+    with pytest.raises(ValueError, match="CNNLIB_DATASET='imagenet' is not a dataset cnnlib knows; "
+                                         "choose one of digits, fashion-mnist, cifar10, cifar100"):
+        cnnlib.setup(profile="quick", device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="data='svhn' is not a dataset"):
+        cnnlib.setup(profile="quick", device="cpu", verbose=False, data="svhn")
+    monkeypatch.delenv("CNNLIB_DATASET")
+    cnnlib.setup(profile="quick", device="cpu", verbose=False)
+
+
+def test_every_lecture_loads_the_profiles_dataset():
+    """No lecture spells a dataset in its cfg: each loads ``P.data``, so ``CNNLIB_DATASET`` reaches
+    all of them (the full profile on Fashion-MNIST where CIFAR-10 cannot be downloaded)."""
+    import nbformat
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "lectures").glob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                         if c.cell_type == "code")
+        assert "cnnlib.load(P.data" in code, path.name
+        assert not re.search(r"""data=["'](digits|fashion-mnist|cifar10)""", code), path.name

@@ -28,6 +28,7 @@ from pathlib import Path
 import nbformat
 
 from . import exercises as ex
+from . import run
 
 DEBIAN_MATHJAX = Path("/usr/share/javascript/mathjax")  # libjs-mathjax: MathJax 2.7
 MATHJAX_SKIP = ("unpacked", "test", "SVG", "otf", "svg", "eot", "png", "*-full.js")
@@ -54,35 +55,11 @@ def mathjax_dir() -> Path:
 def execute_lecture(path: Path, scoreboard: Path, timeout: int = 600) -> nbformat.NotebookNode:
     """``path`` run top to bottom in the quick profile in its own folder; its scored rows are
     appended to ``scoreboard``. A failing cell raises SiteError naming the lecture and the cell."""
-    from jupyter_client import KernelManager
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    nb = nbformat.read(path, as_version=4)
-    env = {"CNNLIB_PROFILE": "quick", "CNNLIB_SCOREBOARD": str(scoreboard)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    sockets = tempfile.mkdtemp(prefix="cnn-course-kernel-")  # IPC, as the grader: no TCP port
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "kernel"))
     try:
-        NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}).execute()
-    except CellExecutionError as err:
-        index = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and
-                      any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-        where = f"cell {index + 1}" if index is not None else "a cell"
-        raise SiteError(f"{path.name}: {where} failed: {err.ename}: {err.evalue}".strip()) from None
-    except Exception as err:  # a timeout, a dead kernel
-        raise SiteError(f"{path.name}: {type(err).__name__}: {err}") from None
-    finally:
-        if km.has_kernel:  # a client given its manager leaves the kernel running
-            km.shutdown_kernel(now=True)
-        shutil.rmtree(sockets, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return nb
+        return run.execute(path, env={"CNNLIB_PROFILE": "quick", "CNNLIB_SCOREBOARD": str(scoreboard)},
+                           timeout=timeout)
+    except run.LectureError as err:
+        raise SiteError(str(err)) from None
 
 
 def _progress_line(model_id: str, state: dict) -> str | None:
