@@ -40,7 +40,7 @@ def test_a_failing_lecture_is_named_and_fails_the_run(fidelity, tmp_path, monkey
     monkeypatch.setattr(fidelity, "LECTURES", tmp_path)
     assert fidelity.main(["--profile", "quick", "--lectures", "99", "--out", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
-    assert "99_broken" in out and "FAILED: ValueError: broken on purpose" in out
+    assert "99_broken" in out and "FAILED: 99_broken.ipynb: cell 2 failed: ValueError: broken on purpose" in out
 
 
 def test_an_unknown_lecture_lists_the_known_ones(fidelity):
