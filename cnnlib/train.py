@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cache as _cache
+from . import distributed as _dist
 from . import profile as _profile
 from .data import ImageData, augment, batches
 from .models import eval_mode
@@ -183,12 +184,27 @@ def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, bat
     With ``cache=True`` (default) the trained weights and history are stored on disk under a key
     made of the model's architecture and initial weights, the data, every hyper-parameter and the
     code version; an identical call later loads them instead of training (see ``cnnlib.cache``).
+
+    Under ``torchrun --nproc_per_node=N`` it trains data-parallel (``cnnlib.distributed``): every
+    rank draws the same shuffled, augmented batch and trains ``DistributedDataParallel`` on its
+    ``batch_size / N`` slice (``batch_size`` must be a multiple of N), so the effective batch and
+    the learning-rate schedule are one process's; BatchNorm normalizes each slice by its own
+    statistics, and its running statistics are averaged over the ranks before each evaluation
+    (``distributed.sync_buffers``). Each rank evaluates a slice of the test set, the sums are
+    added up: every rank returns the same ``History`` and holds the same weights. Rank 0 shows
+    the progress bar and alone reads and writes the cache; the key then holds N. Inside
+    ``distributed.sweep`` it trains on this rank alone, as without torchrun.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     seed = _profile.current().seed if seed is None else seed
+    world = _dist.world_size() if _dist.data_parallel() and _dist.init() else 1
+    if _dist.is_distributed():  # data-parallel, or one run of a sweep on this rank
+        data = _torchrun_checks(data, batch_size, world)
+    if not _dist.is_main():
+        progress = False  # one progress bar, one "loaded from cache" line: rank 0's
     device = data.device
     amp = device.type == "cuda" if amp is None else amp
     channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
@@ -197,10 +213,15 @@ def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, bat
     hyper = dict(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                  weight_decay=weight_decay, label_smoothing=label_smoothing, warmup=warmup,
                  augment_data=augment_data, seed=seed, amp=amp, channels_last=channels_last)
+    if world > 1:  # keyed: BatchNorm sees batch_size / world examples, not batch_size
+        hyper["world_size"] = world
+        _dist.broadcast_state(model)  # rank 0's initial weights everywhere (and in the key)
     if not cache or _cache.cache_dir() is None:
         return _train(model, data, desc=desc, progress=progress, **hyper)
 
-    config = (repr(model), _state_hash(model), data.fingerprint(), str(device.type), hyper)
+    config = (repr(model), _state_hash(model), data.fingerprint(),  # no device: see cnnlib.cache
+              {**hyper, "amp": None if amp == (device.type == "cuda") else amp,
+               "channels_last": None if channels_last == (device.type in ("cuda", "cpu")) else channels_last})
     trained = {}
 
     def compute():
@@ -209,23 +230,28 @@ def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, bat
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return {"state": state, "history": history.to_dict()}
 
-    entry = _cache.cached("fit", config, compute)
+    entry = (_dist.cached if world > 1 else _cache.cached)("fit", config, compute)
     if not trained:
         model.load_state_dict(entry["state"])
         if _progress_enabled(progress):
             print(f"{desc or type(model).__name__}: loaded from cache "
                   f"({entry['history']['epoch'][-1]} epochs, "
-                  f"test acc {entry['history']['test_acc'][-1]:.1%})")
+                  f"test acc {entry['history']['test_acc'][-1]:.1%}"
+                  f"{_cache.origin_note('fit', config, device)})")
     return History.from_dict(entry["history"])
 
 
 def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label_smoothing,
-           warmup, augment_data, seed, amp, channels_last, desc, progress) -> History:
+           warmup, augment_data, seed, amp, channels_last, desc, progress,
+           world_size=1) -> History:
     from tqdm.auto import tqdm
 
     device = data.device
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # under torchrun: DDP averages the gradients; the caller's model stays a plain module
+    net = _dist.wrap(model) if world_size > 1 else model
+    part = _dist.rank() if world_size > 1 else 0
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout, stochastic depth and other in-model randomness
     opt = torch.optim.SGD(_param_groups(model, weight_decay), lr=lr, momentum=momentum,
@@ -248,12 +274,17 @@ def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label
                                   drop_last=True):
                 if augment_data:
                     xb = augment(xb, flip=data.flip, pad=data.pad, generator=generator)
+                share = 1.0
+                if world_size > 1:  # every rank drew the same global batch: train on its slice
+                    n = len(yb)
+                    xb, yb = xb.tensor_split(world_size)[part], yb.tensor_split(world_size)[part]
+                    share = len(yb) * world_size / n  # 1 unless the only batch is short
                 if channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, lr, warmup)
                 with _autocast(device, amp):
-                    out = model(xb)
+                    out = net(xb)
                     if isinstance(out, tuple):  # GoogLeNet's auxiliary classifiers, weighted 0.3
                         out, *aux = out
                     else:
@@ -263,7 +294,7 @@ def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label
                         loss = loss + 0.3 * F.cross_entropy(a.float(), yb,
                                                             label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if share == 1.0 else loss * share).backward()
                 opt.step()
                 loss_sum += loss.detach() * len(yb)
                 correct += (out.argmax(1) == yb).sum()
@@ -273,11 +304,18 @@ def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed += time.perf_counter() - start
-            train_loss = loss_sum.item() / seen
+            if world_size > 1:  # the global batch's metrics, the slowest rank's time
+                loss_total, n_correct, seen = _dist.all_reduce(
+                    [loss_sum.item(), correct.item(), seen], device=device)
+                elapsed = _dist.all_reduce([elapsed], "max", device=device)[0]
+                _dist.sync_buffers(model)
+            else:
+                loss_total, n_correct = loss_sum.item(), correct.item()
+            train_loss = loss_total / seen
             diverged = not math.isfinite(train_loss)
             test = ({"loss": math.nan, "acc": math.nan} if diverged
-                    else evaluate(model, data, amp=amp))
-            history.append(epoch, train_loss=train_loss, train_acc=correct.item() / seen,
+                    else _evaluate_shards(model, data, amp, world_size))
+            history.append(epoch, train_loss=train_loss, train_acc=n_correct / seen,
                            test_loss=test["loss"], test_acc=test["acc"],
                            lr=opt.param_groups[0]["lr"], time=elapsed)
             bar.set_postfix_str(f"epoch {epoch}/{epochs} train {train_loss:.3f} "
@@ -288,6 +326,37 @@ def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label
                 break
     finally:
         bar.close()
+        del net  # DDP's gradient hooks go with it
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return history
+
+
+def _evaluate_shards(model, data, amp, world_size):
+    """``evaluate`` on the test set; under torchrun each rank takes a slice and the sums are
+    added up, so every rank gets the same numbers."""
+    if world_size == 1:
+        return evaluate(model, data, amp=amp)
+    part = _dist.rank()
+    x, y = data.x_test.tensor_split(world_size)[part], data.y_test.tensor_split(world_size)[part]
+    mine = evaluate(model, (x, y), amp=amp) if len(x) else {"loss": 0.0, "acc": 0.0}
+    loss, correct, n = _dist.all_reduce([mine["loss"] * len(x), round(mine["acc"] * len(x)), len(x)],
+                                        device=data.device)
+    return {"loss": loss / n, "acc": correct / n}
+
+
+def _torchrun_checks(data: ImageData, batch_size: int, world: int) -> ImageData:
+    """``fit`` under torchrun: a batch that splits evenly, and the data on this rank's device."""
+    if world > 1 and batch_size % world:
+        raise ValueError(f"batch_size={batch_size} does not split over {world} processes: under "
+                         f"torchrun every rank trains on batch_size / {world} examples of each "
+                         f"batch; choose a multiple of {world}")
+    if len(data.x_train) < world:
+        raise ValueError(f"{len(data.x_train)} training examples cannot be spread over {world} processes")
+    want = _dist.device()
+    if data.device.type == "cuda" and data.device != want:
+        warnings.warn(f"fit under torchrun: the data is on {data.device}, this rank's GPU is {want}; "
+                      f"copying it there (call cnnlib.distributed.init() before loading data to "
+                      f"avoid the copy)", RuntimeWarning, stacklevel=3)
+        data = data.to(want)
+    return data

@@ -112,8 +112,9 @@ def train_curve(model: nn.Module, a, b, data, *, kind: str = "bezier", epochs: i
         return {"bend": bend_point, "history": history}
 
     if cache and _cache.cache_dir() is not None:
-        config = ("curve", repr(model), _digest(pa, pb, start_bend), fingerprint,
-                  str(x.device.type), hyper)
+        # No device in the key (as in ``fit``): the recipe is float32 on every device, so a curve
+        # trained on a GPU box replays on a laptop after ``cnn-course cache import``.
+        config = ("curve", repr(model), _digest(pa, pb, start_bend), fingerprint, hyper)
         entry = _cache.cached("curve", config, compute)
     else:
         entry = compute()

@@ -6,6 +6,10 @@
     cnn-course grade SUBMISSION... [--out grades.csv]
                                              grade notebooks (files or folders) into a CSV and a summary
     cnn-course site [LECTURE...] [--out site]   build the course website from the lectures, executed
+    cnn-course run [LECTURE...] [--profile full] [--dataset NAME] [--out runs]
+                                             execute lectures headlessly, filling the result cache
+    cnn-course cache export [--profile full | --all] -o results.tar | import results.tar | list
+                                             share the result cache of a profile with a class
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import exercises, grade, lab, notebooks, site
+from ..data import DATASETS
+from ..profile import PROFILES
+from . import exercises, grade, lab, notebooks, run, site
 
 NOTEBOOK_FOLDERS = ("lectures", "solutions", "exercises")
 
@@ -81,21 +87,53 @@ def _grade(args) -> int:
     return 0
 
 
+def _lectures(root: Path, numbers, command: str) -> list[Path]:
+    try:
+        return run.lecture_paths(root / "lectures", numbers)
+    except run.LectureError as err:
+        raise SystemExit(f"cnn-course {command}: {err}")
+
+
 def _site(args) -> int:
     root = _course_root()
-    lectures = None
-    if args.lectures:
-        found = {p.name[:2]: p for p in (root / "lectures").glob("[0-9][0-9]_*.ipynb")}
-        unknown = [n for n in args.lectures if n.zfill(2) not in found]
-        if unknown:
-            raise SystemExit(f"cnn-course site: no lecture {', '.join(unknown)}; the lectures are "
-                             f"{', '.join(sorted(found))}")
-        lectures = [found[n.zfill(2)] for n in args.lectures]
+    lectures = _lectures(root, args.lectures, "site") if args.lectures else None
     try:
         index = site.build(root, args.out.resolve(), lectures)
     except site.SiteError as err:
         raise SystemExit(f"cnn-course site: {err}")
     print(f"open {index} in a browser, or serve it: python -m http.server -d {args.out}")
+    return 0
+
+
+def _run(args) -> int:
+    root = _course_root()
+    failures = run.run(_lectures(root, args.lectures, "run"), args.out, profile=args.profile,
+                       dataset=args.dataset, timeout=args.cell_timeout,
+                       echo=lambda line: print(line, flush=True))
+    for failure in failures:
+        print(f"cnn-course run: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _cache_command(args) -> int:
+    from . import results  # see cnnlib/course/results.py for the archive format and its checks
+
+    try:
+        if args.action == "list":
+            print("\n".join(results.describe_folder()))
+        elif args.action == "export":
+            out = results.export_archive(args.out, profile=None if args.all else
+                                         args.profile or results.default_profile())
+            skipped = ", ".join(f"{n} of {why}" for why, n in sorted(out.skipped.items()))
+            print(f"wrote {out.archive}: {out.describe()}" + (f" (left out {skipped})" if skipped else ""))
+            print(f"sha256 {out.sha256}  {out.archive.name}")
+        else:
+            out = results.import_archive(args.archive)
+            print(f"imported {args.archive} into {out.folder}: {out.describe()}; "
+                  f"{out.new} new, {out.replaced} replaced, {out.unchanged} already there")
+            print(f"sha256 {out.sha256}  {out.archive.name}")
+    except results.ResultsArchiveError as err:
+        raise SystemExit(f"cnn-course cache {args.action}: {err}")
     return 0
 
 
@@ -138,6 +176,38 @@ def main(argv=None) -> int:
     p.add_argument("lectures", nargs="*", help="lecture numbers, e.g. 08 09 (default: all ten)")
     p.add_argument("--out", type=Path, default=Path("site"), help="the site's folder (default: site/)")
     p.set_defaults(func=_site)
+
+    p = sub.add_parser("run", help="execute lectures headlessly (e.g. the full profile on a GPU box), "
+                                   "filling the result cache", description=run.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("lectures", nargs="*", help="lecture numbers, e.g. 03 04 (default: all ten)")
+    p.add_argument("--profile", choices=PROFILES, help="default: the automatic choice (full with CUDA)")
+    p.add_argument("--dataset", choices=DATASETS, help="the dataset instead of the profile's own")
+    p.add_argument("--out", type=Path, default=Path("runs"),
+                   help="where the executed notebooks go (default: runs/)")
+    p.add_argument("--cell-timeout", type=float, default=None,
+                   help="seconds per cell (default: no limit; a full-profile cell can train for an hour)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("cache", help="export the result cache of a profile to a checksummed archive, "
+                                     "or import one (e.g. the full profile, run once on a GPU box)",
+                       description="Share trained models and results with a class: export on the "
+                                   "machine that ran the lectures, import on each laptop. The cache "
+                                   "folder is $CNNLIB_CACHE (default ~/.cache/cnnlib/runs).")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("export", help="write the cache entries of one profile (this code version) "
+                                          "to a tar archive")
+    a.add_argument("-o", "--out", type=Path, required=True, help="the archive to write, e.g. results.tar")
+    which = a.add_mutually_exclusive_group()
+    which.add_argument("--profile", choices=PROFILES,
+                       help="the profile whose entries go in (default: this machine's automatic "
+                            "choice, full with CUDA)")
+    which.add_argument("--all", action="store_true", help="the entries of every profile")
+    a = actions.add_parser("import", help="verify an archive completely, then add its entries to "
+                                          "the cache (a damaged one is refused, nothing imported)")
+    a.add_argument("archive", type=Path)
+    actions.add_parser("list", help="what the cache folder holds, per profile and dataset")
+    p.set_defaults(func=_cache_command)
     args, extra = parser.parse_known_args(argv)
     if extra and args.func is not _lab:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

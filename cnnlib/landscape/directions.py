@@ -111,12 +111,14 @@ def random_direction(model: nn.Module | Mapping[str, Tensor], norm: str = "filte
     """A random Gaussian direction over ``model``'s parameters, normalized by
     ``normalize_direction`` (filter-wise by default, biases and BatchNorm parameters zeroed).
 
-    The same ``seed`` gives the same direction on every device (drawn on the CPU)."""
+    The same ``seed`` gives the same direction, bit for bit, on every device: it is drawn and
+    normalized on the CPU, then moved to the model's device (so a surface cached on a GPU box is
+    found by a laptop: its key hashes the directions' bytes)."""
     reference = _as_point(model)
+    on_cpu = {k: w.detach().cpu() for k, w in reference.items()}
     g = torch.Generator().manual_seed(seed)
-    raw = {k: torch.randn(w.shape, generator=g, dtype=torch.float32).to(w)
-           for k, w in reference.items()}
-    return normalize_direction(raw, reference, norm, bias_bn)
+    raw = {k: torch.randn(w.shape, generator=g, dtype=torch.float32).to(w) for k, w in on_cpu.items()}
+    return {k: d.to(reference[k]) for k, d in normalize_direction(raw, on_cpu, norm, bias_bn).items()}
 
 
 def direction_between(a, b, buffers: bool = False) -> Point:
