@@ -339,6 +339,46 @@ def assert_control_redraws(page, scope, change, name: str, shots: Path, label: s
     scope.screenshot(path=str(shots / f"{label}-after.png"))
 
 
+def canvas_image(scope, timeout: float = 90) -> str:
+    """The pixels (a data URL) of the first ipympl canvas in ``scope``, once it has drawn a
+    figure and stopped changing."""
+    canvas = scope.locator(".jupyter-matplotlib-canvas-div canvas").first
+    canvas.wait_for(state="visible", timeout=timeout * 1000)
+    blank = canvas.evaluate("c => { const e = document.createElement('canvas');"
+                            " e.width = c.width; e.height = c.height; return e.toDataURL(); }")
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        now = canvas.evaluate("c => c.toDataURL()")
+        if now == last and now != blank:
+            return now
+        if time.monotonic() > deadline:
+            raise NotebookProblem("the 3D view's canvas never settled on a drawn figure")
+        last = now
+        time.sleep(0.5)
+
+
+def assert_drag_turns_the_3d_view(page, scope, name: str, shots: Path) -> None:
+    """A left-button drag across the 3D view's canvas must turn the surface: the canvas shows
+    a different picture afterwards."""
+    before = canvas_image(scope)
+    figure = scope.locator(".jupyter-matplotlib-canvas-div").first
+    figure.scroll_into_view_if_needed()
+    figure.screenshot(path=str(shots / "3d-before.png"))
+    box = figure.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 90, y + 30, steps=10)
+    page.mouse.up()
+    deadline = time.monotonic() + 60
+    while canvas_image(scope) == before:
+        if time.monotonic() > deadline:
+            figure.screenshot(path=str(shots / "3d-unchanged.png"))
+            raise NotebookProblem(f"{name}: dragging the 3D view did not turn the surface")
+        time.sleep(0.5)
+    figure.screenshot(path=str(shots / "3d-after.png"))
+
+
 # -------------------------------------------------------------------------------------- tests
 
 @pytest.fixture(scope="module")
@@ -408,6 +448,8 @@ def test_lecture_09_landscape_explorer_responds(browser, lectures_lab):
         explorer.scroll_into_view_if_needed()
         button = explorer.locator(".widget-toggle-button", has_text="1D").first
         assert_control_redraws(page, explorer, button.click, name, shots, "view")
+        explorer.locator(".widget-toggle-button", has_text="3D").first.click()
+        assert_drag_turns_the_3d_view(page, explorer, name, shots)
 
 
 def test_a_missing_widget_extension_is_reported(browser, tmp_path):

@@ -150,3 +150,48 @@ def test_resolution_is_capped_on_the_cpu(explorer):
     assert LandscapeExplorer(explorer.models, x, resolution=5, max_resolution=41).controls["resolution"].max == 41
     with pytest.raises(ValueError, match="resolution 25 is above max_resolution=21"):
         LandscapeExplorer(explorer.models, x, resolution=25)
+
+
+def _drag(canvas, start, end, steps: int = 5) -> None:
+    """Send ``canvas`` the messages JupyterLab's ipympl view sends for a left-button drag
+    (pixel positions from the top left, as the browser measures them)."""
+    def message(kind, x, y, buttons):
+        canvas._handle_message(canvas, {"type": kind, "x": x, "y": y, "button": 0,
+                                        "buttons": buttons, "modifiers": [], "guiEvent": {}}, [])
+
+    message("button_press", *start, 1)
+    for k in range(1, steps + 1):
+        message("motion_notify", start[0] + (end[0] - start[0]) * k / steps,
+                start[1] + (end[1] - start[1]) * k / steps, 1)
+    message("button_release", *end, 0)
+
+
+def _png(figure) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def test_the_3d_view_is_a_canvas_that_a_drag_turns(explorer):
+    from ipympl.backend_nbagg import Canvas
+
+    c = explorer.controls
+    backend = plt.get_backend()
+    c["view"].value, c["resolution"].value = "3D", 5
+    canvas = explorer.canvas
+    assert isinstance(canvas, Canvas) and canvas.figure is explorer.figure
+    assert plt.get_backend() == backend  # importing ipympl must not move pyplot off its backend
+    assert explorer.widget.children[-2] is explorer.output
+    assert canvas in explorer.widget.children[-1].children  # under the output, not inside it
+    ax = explorer.figure.axes[0]
+    assert ax.name == "3d"
+    before, angles = _png(explorer.figure), (ax.azim, ax.elev)
+    w, h = explorer.figure.bbox.width, explorer.figure.bbox.height
+    _drag(canvas, (w / 2, h / 2), (w / 2 + 60, h / 2 + 25))
+    assert (ax.azim, ax.elev) != angles
+    assert _png(explorer.figure) != before
+    c["view"].value = "2D"  # back to a picture: the canvas is closed and leaves the layout
+    assert explorer.canvas is None and canvas.comm is None
+    assert explorer.widget.children[-1] is explorer.output
