@@ -1,9 +1,28 @@
-"""Per-notebook times in the test summary (here, at the root, so that the hooks see the notebooks
-under lectures/ and solutions/ as well as tests/)."""
+"""Per-notebook times in the test summary, each notebook with an empty result cache of its own
+(here, at the root, so that the hooks see the notebooks under lectures/ and solutions/ as well as
+tests/)."""
+import os
+from pathlib import Path
+
+import pytest
 
 
 NOTEBOOK_BUDGET_S = 90  # DESIGN.md: a quick-profile notebook takes at most 90 s with an empty cache
 _notebook_seconds: dict[str, float] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before nbval starts a notebook's kernel (the setup of its first cell), point
+    ``CNNLIB_CACHE`` at a new folder inside the session's cache, so that every notebook's time is
+    cold even when the browser, site or fidelity tests ran the same lecture earlier."""
+    path = Path(str(item.fspath))
+    base = os.environ.get("CNNLIB_CACHE", "")
+    if path.suffix != ".ipynb" or base in ("", "off") or os.environ.get("_CNNLIB_NOTEBOOK") == str(path):
+        return
+    root = Path(os.environ.setdefault("_CNNLIB_SESSION_CACHE", base))
+    os.environ["CNNLIB_CACHE"] = str(root / "notebooks" / f"{path.parent.name}-{path.stem}")
+    os.environ["_CNNLIB_NOTEBOOK"] = str(path)
 
 
 def pytest_runtest_logreport(report):
@@ -14,7 +33,7 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """One line per executed notebook: its time (cold unless an earlier notebook filled the cache)."""
+    """One line per executed notebook: its time with an empty cache."""
     if not _notebook_seconds:
         return
     tr = terminalreporter
