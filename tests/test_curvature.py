@@ -140,7 +140,7 @@ def test_the_model_is_used_in_eval_mode_and_left_in_its_mode(small):
     net.eval()
 
 
-@pytest.mark.filterwarnings("ignore:Using backward\(\) with create_graph=True")
+@pytest.mark.filterwarnings(r"ignore:Using backward\(\) with create_graph=True")
 def test_agrees_with_pyhessian_on_the_same_model_and_batch(small):
     pyhessian = pytest.importorskip("pyhessian")
     net, (x, y), dense = small
