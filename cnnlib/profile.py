@@ -140,7 +140,9 @@ def setup(seed: int = 0, profile: str | None = None, device: str | torch.device 
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     _current = Profile(name, dev, seed, resolve_dataset(name, data))
-    if verbose:
+    from .distributed import is_main
+
+    if verbose and is_main():  # under torchrun: one line, rank 0's
         threads = f" threads={torch.get_num_threads()}" if dev.type == "cpu" else ""
         print(f"cnnlib: {_current}{threads} torch={torch.__version__}")
         if name == "quick" and profile is None and not os.environ.get("CNNLIB_PROFILE"):

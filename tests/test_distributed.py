@@ -32,11 +32,12 @@ WORKER = textwrap.dedent('''
     from cnnlib import cache, distributed, models, train
 
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    cnnlib.setup(profile="quick", device="cpu", verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        cnnlib.setup(profile="quick", device="cpu")
     data = cnnlib.load("digits").subset(256, 99)   # 8 steps of 32; 99 test images: uneven halves
     rank, world = distributed.rank(), distributed.world_size()
     tag = f"{'ddp' if distributed.is_distributed() else 'serial'}-rank{rank}"
-    result = {"world": world}
+    result = {"world": world, "setup_line": said.getvalue()}
 
 
     def small(bn, width=8, seed=0):
@@ -177,6 +178,12 @@ def test_a_sharded_sweep_returns_the_serial_results_on_every_rank(fit_runs):
     assert len({h for _, h in serial["sweep"]}) == 5
     assert torch.equal(r0["after_sweep"], r1["after_sweep"])  # generators alike afterwards
     assert torch.equal(r0["after_sweep"], serial["after_sweep"])
+
+
+def test_the_setup_line_is_printed_once_by_rank_0(fit_runs):
+    assert fit_runs["ddp-rank0"]["setup_line"].startswith("cnnlib: profile=quick device=cpu")
+    assert fit_runs["ddp-rank1"]["setup_line"] == ""
+    assert fit_runs["serial-rank0"]["setup_line"] == fit_runs["ddp-rank0"]["setup_line"]
 
 
 def test_a_failing_item_raises_on_every_rank(fit_runs):
