@@ -16,14 +16,13 @@ student's GPU. This script runs it here:
 The numbers it produces mean nothing (one epoch on noise); only "every cell ran" does.
 
     python bench/full_profile_dry_run.py                      # all lectures, ≈ 11 min on 2 cores
-    python bench/full_profile_dry_run.py 08_resnet_ensembles  # one lecture
+    python bench/full_profile_dry_run.py 08                   # one lecture (number or name)
 
 Executed notebooks land in ``artifacts/full-profile-dry-run/``.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import sys
 import tempfile
@@ -32,9 +31,7 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-from nbclient.exceptions import CellExecutionError
-
-from cnnlib.course import notebooks
+from cnnlib.course import run
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURES = ROOT / "lectures"
@@ -106,31 +103,25 @@ def problems(nb: nbformat.NotebookNode) -> list[str]:
 
 
 def main(names: list[str]) -> int:
-    paths = ([LECTURES / (n if n.endswith(".ipynb") else n + ".ipynb") for n in names]
-             or sorted(LECTURES.glob("[0-9][0-9]_*.ipynb")))
-    missing = [p.name for p in paths if not p.exists()]
-    if missing:
-        known = ", ".join(p.stem for p in sorted(LECTURES.glob("[0-9][0-9]_*.ipynb")))
-        sys.exit(f"no lecture {', '.join(missing)}; the lectures are: {known}")
+    try:
+        paths = run.lecture_paths(LECTURES, names)
+    except run.LectureError as err:
+        sys.exit(str(err))
     OUT.mkdir(parents=True, exist_ok=True)
-    saved = os.environ.copy()  # the kernels inherit the environment; put it back afterwards
     with tempfile.TemporaryDirectory(prefix="cnnlib-dry-run-") as tmp:
         tmp = Path(tmp)
         md5 = write_fake_cifar10(tmp / "data")
-        os.environ.update(CNNLIB_PROFILE="full", CNNLIB_DATA=str(tmp / "data"), CNNLIB_OFFLINE="1",
-                          CNNLIB_CACHE=str(tmp / "cache"))
-        try:
-            failed = _run(paths, md5)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        env = dict(CNNLIB_PROFILE="full", CNNLIB_DATA=str(tmp / "data"), CNNLIB_OFFLINE="1",
+                   CNNLIB_CACHE=str(tmp / "cache"))
+        failed = _run(paths, md5, env, tmp)
     print(f"{len(paths) - failed}/{len(paths)} lectures ran in the full profile; "
           f"executed notebooks in {OUT.relative_to(ROOT)}/")
     return 1 if failed else 0
 
 
-def _run(paths: list[Path], md5: dict[str, str]) -> int:
-    """Run each lecture in the environment main() set up; the number that failed."""
+def _run(paths: list[Path], md5: dict[str, str], env: dict[str, str], work: Path) -> int:
+    """Run each lecture, shrunk, with ``env`` in its kernel (``cnnlib.course.run.execute``);
+    the number that failed."""
     failed = 0
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -138,14 +129,14 @@ def _run(paths: list[Path], md5: dict[str, str]) -> int:
                   if c.cell_type == "code" and "P.choose(" in c.source)
         nb.cells.insert(at + 1, nbformat.v4.new_code_cell(shrink_cell(SHRINK)))
         nb.cells.insert(0, nbformat.v4.new_code_cell(trust_cell(md5)))
+        shrunk = work / path.name
+        nbformat.write(nb, shrunk)
         start = time.perf_counter()
         try:
-            notebooks.execute(nb, LECTURES, timeout=1800)
+            nb = run.execute(shrunk, env=env, timeout=1800)
             trouble = problems(nb)
-        except CellExecutionError as err:  # the cell's own exception, without the colours
-            trouble = [f"{err.ename}: {err.evalue}"]
-        except Exception as err:  # a timeout, a dead kernel
-            trouble = [f"{type(err).__name__}: {err}"]
+        except run.LectureError as err:  # names the cell and its exception
+            nb, trouble = err.notebook or nb, [str(err)]
         nbformat.write(nb, OUT / path.name)
         verdict = "ok" if not trouble else "FAILED"
         print(f"{path.stem:28s} {time.perf_counter() - start:6.0f} s  {verdict}", flush=True)
