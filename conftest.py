@@ -9,6 +9,8 @@ import pytest
 
 NOTEBOOK_BUDGET_S = 90  # DESIGN.md: a quick-profile notebook takes at most 90 s with an empty cache
 _notebook_seconds: dict[str, float] = {}
+_session_cache: str | None = None  # CNNLIB_CACHE as the session started, before any notebook
+_notebook: Path | None = None      # the notebook whose cells are running
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -16,13 +18,16 @@ def pytest_runtest_setup(item):
     """Before nbval starts a notebook's kernel (the setup of its first cell), point
     ``CNNLIB_CACHE`` at a new folder inside the session's cache, so that every notebook's time is
     cold even when the browser, site or fidelity tests ran the same lecture earlier."""
+    global _session_cache, _notebook
     path = Path(str(item.fspath))
-    base = os.environ.get("CNNLIB_CACHE", "")
-    if path.suffix != ".ipynb" or base in ("", "off") or os.environ.get("_CNNLIB_NOTEBOOK") == str(path):
+    if path.suffix != ".ipynb" or path == _notebook:
         return
-    root = Path(os.environ.setdefault("_CNNLIB_SESSION_CACHE", base))
-    os.environ["CNNLIB_CACHE"] = str(root / "notebooks" / f"{path.parent.name}-{path.stem}")
-    os.environ["_CNNLIB_NOTEBOOK"] = str(path)
+    if _session_cache is None:
+        _session_cache = os.environ.get("CNNLIB_CACHE", "")
+    if _session_cache in ("", "off"):
+        return
+    _notebook = path
+    os.environ["CNNLIB_CACHE"] = str(Path(_session_cache) / "notebooks" / f"{path.parent.name}-{path.stem}")
 
 
 def pytest_runtest_logreport(report):

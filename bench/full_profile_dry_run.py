@@ -119,18 +119,25 @@ def main(names: list[str]) -> int:
     return 1 if failed else 0
 
 
+def shrunk_copy(path: Path, knobs: dict, label: str, first_cell: str, work: Path) -> Path:
+    """A copy of the lecture ``path`` in ``work``: ``shrink_cell(knobs, label)`` right after the
+    cell that sets ``cfg``, and ``first_cell`` before everything (the dry run's and the GPU
+    check's way of running a lecture at its full sizes, but short)."""
+    nb = nbformat.read(path, as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "P.choose(" in c.source)
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(shrink_cell(knobs, label)))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(first_cell))
+    nbformat.write(nb, work / path.name)
+    return work / path.name
+
+
 def _run(paths: list[Path], md5: dict[str, str], env: dict[str, str], work: Path) -> int:
     """Run each lecture, shrunk, with ``env`` in its kernel (``cnnlib.course.run.execute``);
     the number that failed."""
     failed = 0
     for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        at = next(i for i, c in enumerate(nb.cells)
-                  if c.cell_type == "code" and "P.choose(" in c.source)
-        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(shrink_cell(SHRINK)))
-        nb.cells.insert(0, nbformat.v4.new_code_cell(trust_cell(md5)))
-        shrunk = work / path.name
-        nbformat.write(nb, shrunk)
+        shrunk = shrunk_copy(path, SHRINK, "dry run", trust_cell(md5), work)
+        nb = nbformat.read(shrunk, as_version=4)
         start = time.perf_counter()
         try:
             nb = run.execute(shrunk, env=env, timeout=1800)

@@ -215,13 +215,8 @@ def lectures(numbers, profile: str, dataset: str | None, knobs: dict, timeout: f
     dry_run = _load_bench("full_profile_dry_run")
     rows = []
     for path in run.lecture_paths(ROOT / "lectures", numbers):
-        nb = nbformat.read(path, as_version=4)
-        epochs = _epochs(nb, profile)
-        at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "P.choose(" in c.source)
-        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(dry_run.shrink_cell(knobs, "gpu check")))
-        nb.cells.insert(0, nbformat.v4.new_code_cell(FIT_LOG_CELL))
-        shrunk = work / path.name
-        nbformat.write(nb, shrunk)
+        epochs = _epochs(nbformat.read(path, as_version=4), profile)
+        shrunk = dry_run.shrunk_copy(path, knobs, "gpu check", FIT_LOG_CELL, work)
         log = work / f"{path.stem}.fits.jsonl"
         env = {"CNNLIB_PROFILE": profile, "CNNLIB_FIT_LOG": str(log),
                **({"CNNLIB_DATASET": dataset} if dataset else {})}
