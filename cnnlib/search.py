@@ -125,6 +125,16 @@ class SearchHistory:
             out.append(best)
         return out
 
+    def mean_accuracy(self, start: int = 0) -> float:
+        """Mean validation accuracy of the trials from the ``start``-th on: where a strategy spent
+        its budget. Unlike the best accuracy (the maximum of noisy scores, inflated by the luckiest
+        proxy training), a mean over many trials is barely moved by any one of them."""
+        accs = [t.accuracy for t in self.trials[start:]]
+        if not accs:
+            raise ValueError(f"{self.strategy}: no trial from evaluation {start + 1} on "
+                             f"({len(self)} {self.unit} in all)")
+        return sum(accs) / len(accs)
+
     def cumulative_cost(self) -> list[float]:
         return list(_accumulate(t.cost for t in self.trials))
 
@@ -501,11 +511,14 @@ def plot_best_so_far(histories: dict, ax=None, x: str = "evaluations"):
     for label, runs in histories.items():
         runs = [runs] if isinstance(runs, SearchHistory) else list(runs)
         color = None
-        for run in runs:
+        # several seeds: against evaluations the mean line below carries the label; against cost
+        # (no common x to average over) the first seed's line does
+        first_label = label if len(runs) == 1 else (f"{label} ({len(runs)} seeds)" if x == "cost" else None)
+        for k, run in enumerate(runs):
             xs = range(1, len(run) + 1) if x == "evaluations" else run.cumulative_cost()
             line, = ax.step(list(xs), [100 * a for a in run.best_so_far()], where="post",
                             lw=1 if len(runs) > 1 else 2, alpha=0.45 if len(runs) > 1 else 1, color=color,
-                            label=None if len(runs) > 1 else label)
+                            label=first_label if k == 0 else None)
             color = line.get_color()
         if len(runs) > 1 and x == "evaluations":
             n = min(len(r) for r in runs)
@@ -514,6 +527,34 @@ def plot_best_so_far(histories: dict, ax=None, x: str = "evaluations"):
                     label=f"{label} (mean of {len(runs)} seeds)")
     ax.set(xlabel="architectures evaluated" if x == "evaluations" else "compute spent (CPU- or GPU-seconds)",
            ylabel="best validation accuracy so far (%)", title="search progress")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_evaluations(histories: dict, start: int = 0, ax=None):
+    """Validation accuracy of every evaluated architecture against its place in the search, one
+    colour per strategy (``histories`` maps a label to a list of ``SearchHistory``, one per seed),
+    with each strategy's mean over the evaluations from the ``start``-th on as a horizontal line:
+    what each strategy chose to spend its budget on, not only its luckiest score."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
+    offsets = np.linspace(-0.15, 0.15, len(histories))
+    for (label, runs), dx in zip(histories.items(), offsets):
+        runs = [runs] if isinstance(runs, SearchHistory) else list(runs)
+        xs = [i + 1 + dx for run in runs for i in range(len(run))]
+        ys = [100 * t.accuracy for run in runs for t in run]
+        dots = ax.scatter(xs, ys, s=14, alpha=0.6)
+        n = max(len(r) for r in runs)
+        if start < n:
+            mean = 100 * np.mean([t.accuracy for run in runs for t in run.trials[start:]])
+            ax.hlines(mean, start + 0.5, n + 0.5, color=dots.get_facecolor()[0][:3], lw=2.5,
+                      label=f"{label}: mean of evaluations {start + 1}–{n} ({mean:.1f}%)")
+    ax.set(xlabel="evaluation number", ylabel="validation accuracy (%)",
+           title="every evaluated architecture (all seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax

@@ -106,6 +106,24 @@ def test_evolution_starts_from_random_searchs_samples_then_mutates_and_climbs():
     assert evo.best.accuracy >= 0.75      # 6 of the 8 ops are sep convs
 
 
+def test_mean_accuracy_counts_the_trials_from_start_on():
+    rng = random.Random(0)
+    h = SearchHistory("x", [Trial(SPACE.random(rng), acc, 1.0, 0) for acc in (0.2, 0.4, 0.6, 1.0)])
+    assert h.mean_accuracy() == pytest.approx(0.55)
+    assert h.mean_accuracy(start=2) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="no trial from evaluation 5 on"):
+        h.mean_accuracy(start=4)
+
+
+def test_evolution_spends_its_budget_on_better_architectures_than_random_search():
+    rnd = search.random_search(SPACE, fake_evaluate, Budget(evaluations=60), seed=0)
+    evo = search.regularized_evolution(SPACE, fake_evaluate, Budget(evaluations=60), population_size=10,
+                                       sample_size=3, seed=0)
+    assert evo.mean_accuracy(start=10) > rnd.mean_accuracy(start=10) + 0.15   # random: about 3 sep convs in 13 ops
+    assert evo.mean_accuracy(0) == pytest.approx((sum(t.accuracy for t in rnd.trials[:10])
+                                                  + 50 * evo.mean_accuracy(10)) / 60)
+
+
 def test_evolution_step_removes_the_oldest_not_the_worst():
     rng = random.Random(0)
     gs = [SPACE.random(rng) for _ in range(4)]
@@ -215,6 +233,22 @@ def test_best_so_far_plot_draws_one_line_per_seed_and_a_mean(quiet):
     runs = [search.random_search(SPACE, fake_evaluate, Budget(evaluations=5), seed=s) for s in range(3)]
     ax = search.plot_best_so_far({"random": runs, "single": runs[0]})
     assert len(ax.lines) == 3 + 1 + 1
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["random (mean of 3 seeds)", "single"]
+    ax = search.plot_best_so_far({"random": runs}, x="cost")        # no mean against cost: the first seed is labelled
+    assert len(ax.lines) == 3 and [t.get_text() for t in ax.get_legend().get_texts()] == ["random (3 seeds)"]
+    plt.close("all")
+
+
+def test_evaluations_plot_shows_every_trial_and_each_strategys_mean(quiet):
+    import matplotlib.pyplot as plt
+    runs = {"random": [search.random_search(SPACE, fake_evaluate, Budget(evaluations=6), seed=s) for s in range(3)],
+            "evolution": [search.regularized_evolution(SPACE, fake_evaluate, Budget(evaluations=6), 3, 2, seed=s)
+                          for s in range(3)]}
+    ax = search.plot_evaluations(runs, start=3)
+    assert [len(c.get_offsets()) for c in ax.collections[::2]] == [18, 18]     # dots, then the mean line
+    means = [100 * sum(r.mean_accuracy(3) for r in rs) / 3 for rs in runs.values()]
+    assert [seg.get_segments()[0][0][1] for seg in ax.collections[1::2]] == pytest.approx(means)
+    assert all(f"evaluations 4–6" in t.get_text() for t in ax.get_legend().get_texts())
     plt.close(ax.figure)
 
 
