@@ -248,7 +248,7 @@ def test_evaluations_plot_shows_every_trial_and_each_strategys_mean(quiet):
     assert [len(c.get_offsets()) for c in ax.collections[::2]] == [18, 18]     # dots, then the mean line
     means = [100 * sum(r.mean_accuracy(3) for r in rs) / 3 for rs in runs.values()]
     assert [seg.get_segments()[0][0][1] for seg in ax.collections[1::2]] == pytest.approx(means)
-    assert all(f"evaluations 4–6" in t.get_text() for t in ax.get_legend().get_texts())
+    assert all("evaluations 4–6" in t.get_text() for t in ax.get_legend().get_texts())
     plt.close(ax.figure)
 
 
