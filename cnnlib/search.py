@@ -497,6 +497,11 @@ def _darts(space, ops, task, budget, arch_lr, weight_lr, arch_weight_decay, batc
 # --------------------------------------------------------------------------------------------
 
 
+def _seed_runs(runs) -> list[SearchHistory]:
+    """One ``SearchHistory`` or a list of them (one per seed) as a list."""
+    return [runs] if isinstance(runs, SearchHistory) else list(runs)
+
+
 def plot_best_so_far(histories: dict, ax=None, x: str = "evaluations"):
     """Best validation accuracy so far against the number of evaluations (``x="evaluations"``)
     or the compute spent (``x="cost"``); ``histories`` maps a label to one ``SearchHistory`` or
@@ -509,7 +514,7 @@ def plot_best_so_far(histories: dict, ax=None, x: str = "evaluations"):
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
     for label, runs in histories.items():
-        runs = [runs] if isinstance(runs, SearchHistory) else list(runs)
+        runs = _seed_runs(runs)
         color = None
         # several seeds: against evaluations the mean line below carries the label; against cost
         # (no common x to average over) the first seed's line does
@@ -544,7 +549,7 @@ def plot_evaluations(histories: dict, start: int = 0, ax=None):
         _, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
     offsets = np.linspace(-0.15, 0.15, len(histories))
     for (label, runs), dx in zip(histories.items(), offsets):
-        runs = [runs] if isinstance(runs, SearchHistory) else list(runs)
+        runs = _seed_runs(runs)
         xs = [i + 1 + dx for run in runs for i in range(len(run))]
         ys = [100 * t.accuracy for run in runs for t in run]
         dots = ax.scatter(xs, ys, s=14, alpha=0.6)
