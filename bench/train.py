@@ -13,6 +13,7 @@ loop overhead, not the recipe.
     python bench/train.py --workers 2     # give the DataLoader worker processes
     python bench/train.py --only-gflops   # just the "how close to the machine" table
     python bench/train.py --hot-loop      # torch.compile, BN folding, channels-last: what each gains
+    python bench/train.py --width-vs-depth  # thin-and-deep vs wide-and-shallow step times (Lecture 03)
 
 It then reports how close the training loop comes to the machine: for the medium profile's
 networks, the achieved GFLOP/s of ``cnnlib.fit`` (forward FLOPs per image × 3 for forward and
@@ -214,6 +215,55 @@ def hot_loop_variants(images: int = 4096, epochs: int = 2, networks=("VGG-11-sma
                                 title=f"Evaluation, {len(source.x_test)} test images, batches of 1,024, inference mode"))
 
 
+WIDTH_VS_DEPTH = [  # (thin and deep, wide and shallow) at about the same parameter count, 16 px inputs
+    (("ResNet-20 w8", dict(name="resnet_cifar", depth=20, width=8)),
+     ("WRN-16-2 w5", dict(name="wide_resnet_cifar", depth=16, widen=2, width=5))),
+    (("ResNet-44 w5", dict(name="resnet_cifar", depth=44, width=5)),
+     ("WRN-16-2 w5", dict(name="wide_resnet_cifar", depth=16, widen=2, width=5))),
+    (("ResNet-110 w5", dict(name="resnet_cifar", depth=110, width=5)),
+     ("WRN-16-4 w4", dict(name="wide_resnet_cifar", depth=16, widen=4, width=4))),
+]
+
+
+def width_vs_depth(steps: int = 20, batch: int = 128, side: int = 16) -> cnnlib.report.Table:
+    """Training-step times (forward, backward, SGD update) of a thin, deep ResNet against a wide, shallow
+    WRN at about its parameter count, on one random batch, the two taking turns so that machine noise
+    hits both alike; in PyTorch's default layout and in channels-last. Lecture 03's WRN claim: at a
+    similar parameter count the wide network trains several times faster (Zagoruyko & Komodakis 2016)."""
+    rows = []
+    for (thin_label, thin_spec), (wide_label, wide_spec) in WIDTH_VS_DEPTH:
+        row = [f"{thin_label} vs {wide_label}"]
+        for layout in (torch.contiguous_format, torch.channels_last):
+            nets = {}
+            for label, spec in ((thin_label, thin_spec), (wide_label, wide_spec)):
+                torch.manual_seed(SEED)
+                nets[label] = models.create(**spec, num_classes=10, in_channels=1).train().to(memory_format=layout)
+            if layout is torch.contiguous_format:
+                row += [f"{cnnlib.count_params(n):,}" for n in nets.values()]
+            xb = torch.randn(batch, 1, side, side).contiguous(memory_format=layout)
+            yb = torch.randint(0, 10, (batch,))
+            optimizers = {k: torch.optim.SGD(n.parameters(), lr=1e-3) for k, n in nets.items()}
+            times = {k: [] for k in nets}
+            for step in range(steps + 2):  # two warm-up rounds
+                for k, net in nets.items():
+                    start = time.perf_counter()
+                    optimizers[k].zero_grad()
+                    F.cross_entropy(net(xb), yb).backward()
+                    optimizers[k].step()
+                    if step >= 2:
+                        times[k].append(time.perf_counter() - start)
+            t_thin, t_wide = (1000 * statistics.median(times[k]) for k in (thin_label, wide_label))
+            row += [f"{t_thin:.1f}", f"{t_wide:.1f}", f"{t_thin / t_wide:.2f}×"]
+            print(f"{thin_label} vs {wide_label}, {'channels-last' if layout is torch.channels_last else 'default'}"
+                  f" layout: {t_thin:.1f} vs {t_wide:.1f} ms per step ({t_thin / t_wide:.2f}×)", flush=True)
+        rows.append(tuple(row))
+    return cnnlib.report.Table(
+        ["pair", "parameters: thin", "parameters: wide", "ms/step thin", "ms/step wide", "wide faster by",
+         "ms/step thin (ch.-last)", "ms/step wide (ch.-last)", "wide faster by (ch.-last)"], rows,
+        title=f"Thin and deep vs wide and shallow: median of {steps} training steps, batch {batch}, "
+              f"{side}×{side} grey inputs, {torch.get_num_threads()} threads")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -224,9 +274,15 @@ def main():
     parser.add_argument("--only-gflops", action="store_true", help="skip the textbook-loop comparison")
     parser.add_argument("--hot-loop", action="store_true",
                         help="only: torch.compile for training; BN folding, channels-last, compile for evaluation")
+    parser.add_argument("--width-vs-depth", action="store_true",
+                        help="only: step times of thin-and-deep against wide-and-shallow networks")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.width_vs_depth:
+        cnnlib.setup(seed=SEED, profile="medium", device="cpu")
+        print(width_vs_depth())
+        return
     if args.hot_loop:
         cnnlib.setup(seed=SEED, profile="medium", device="cpu")
         for table in hot_loop_variants():
