@@ -69,7 +69,9 @@ class History:
     def same_metrics(self, other: "History") -> bool:
         """Equal in everything but wall time (the determinism criterion)."""
         keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        same = lambda a, b: a == b or (math.isnan(a) and math.isnan(b))  # NaN: not evaluated, or diverged
+        return all(len(getattr(self, k)) == len(getattr(other, k))
+                   and all(map(same, getattr(self, k), getattr(other, k))) for k in keys)
 
     def __repr__(self) -> str:
         if not self.epoch:
@@ -172,14 +174,17 @@ def _state_hash(model: nn.Module) -> str:
 def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, batch_size: int = 128,
         momentum: float = 0.9, weight_decay: float = 5e-4, label_smoothing: float = 0.0,
         warmup: float = 0.1, augment_data: bool = True, seed: int | None = None,
-        amp: bool | None = None, channels_last: bool | None = None, progress: bool | None = None,
-        desc: str | None = None, cache: bool = True) -> History:
+        amp: bool | None = None, channels_last: bool | None = None, eval_every: int = 1,
+        progress: bool | None = None, desc: str | None = None, cache: bool = True) -> History:
     """Train ``model`` on ``data`` in place and return its ``History``.
 
     SGD + Nesterov momentum, cosine schedule with linear warm-up (see ``lr_at``), weight decay
     on weights only, optional label smoothing, flip/translate augmentation on the device.
     ``amp`` (bf16 autocast) defaults to on for CUDA; ``channels_last`` to on for CUDA and the CPU
-    (not for Apple's MPS).
+    (not for Apple's MPS). The test set is evaluated after every ``eval_every``-th epoch and
+    after the last one; the other epochs record NaN test metrics. Evaluation draws no random
+    numbers and changes no weights, so ``eval_every`` leaves the training itself bit for bit
+    the same (with ``eval_every=epochs`` only the final test metrics are computed).
 
     With ``cache=True`` (default) the trained weights and history are stored on disk under a key
     made of the model's architecture and initial weights, the data, every hyper-parameter and the
@@ -199,6 +204,8 @@ def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, bat
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be at least 1, got {eval_every}")
     seed = _profile.current().seed if seed is None else seed
     world = _dist.world_size() if _dist.data_parallel() and _dist.init() else 1
     if _dist.is_distributed():  # data-parallel, or one run of a sweep on this rank
@@ -212,7 +219,8 @@ def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, bat
 
     hyper = dict(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                  weight_decay=weight_decay, label_smoothing=label_smoothing, warmup=warmup,
-                 augment_data=augment_data, seed=seed, amp=amp, channels_last=channels_last)
+                 augment_data=augment_data, seed=seed, amp=amp, channels_last=channels_last,
+                 eval_every=eval_every)
     if world > 1:  # keyed: BatchNorm sees batch_size / world examples, not batch_size
         hyper["world_size"] = world
         _dist.broadcast_state(model)  # rank 0's initial weights everywhere (and in the key)
@@ -242,7 +250,7 @@ def fit(model: nn.Module, data: ImageData, *, epochs: int, lr: float = 0.05, bat
 
 
 def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label_smoothing,
-           warmup, augment_data, seed, amp, channels_last, desc, progress,
+           warmup, augment_data, seed, amp, channels_last, eval_every, desc, progress,
            world_size=1) -> History:
     from tqdm.auto import tqdm
 
@@ -313,13 +321,14 @@ def _train(model, data, *, epochs, lr, batch_size, momentum, weight_decay, label
                 loss_total, n_correct = loss_sum.item(), correct.item()
             train_loss = loss_total / seen
             diverged = not math.isfinite(train_loss)
-            test = ({"loss": math.nan, "acc": math.nan} if diverged
-                    else _evaluate_shards(model, data, amp, world_size))
+            scheduled = epoch % eval_every == 0 or epoch == epochs
+            test = (_evaluate_shards(model, data, amp, world_size) if scheduled and not diverged
+                    else {"loss": math.nan, "acc": math.nan})
             history.append(epoch, train_loss=train_loss, train_acc=n_correct / seen,
                            test_loss=test["loss"], test_acc=test["acc"],
                            lr=opt.param_groups[0]["lr"], time=elapsed)
-            bar.set_postfix_str(f"epoch {epoch}/{epochs} train {train_loss:.3f} "
-                                f"test acc {test['acc']:.1%}")
+            bar.set_postfix_str(f"epoch {epoch}/{epochs} train {train_loss:.3f}"
+                                + (f" test acc {test['acc']:.1%}" if math.isfinite(test["acc"]) else ""))
             if diverged:  # a result worth showing (e.g. no BatchNorm at a high lr), not a crash
                 warnings.warn(f"{desc or type(model).__name__}: training diverged in epoch "
                               f"{epoch} (loss {train_loss}); stopped early", RuntimeWarning)

@@ -39,6 +39,21 @@ def test_same_seed_gives_an_identical_history_on_cpu(digits32, quiet):
     assert not runs[0].same_metrics(other)
 
 
+def test_eval_every_skips_test_evaluations_and_leaves_training_bit_identical(digits32, quiet):
+    every = cnnlib.fit(_lenet(), digits32, epochs=5, batch_size=64, seed=5, cache=False)
+    sparse_net = _lenet()
+    sparse = cnnlib.fit(sparse_net, digits32, epochs=5, batch_size=64, seed=5, eval_every=2, cache=False)
+    evaluated = [e for e, acc in zip(sparse.epoch, sparse.test_acc) if not math.isnan(acc)]
+    assert evaluated == [2, 4, 5]                                  # every 2nd epoch, and the last
+    assert all(math.isnan(sparse.test_loss[e - 1]) for e in (1, 3))
+    assert sparse.train_loss == every.train_loss and sparse.lr == every.lr   # same training, bit for bit
+    assert [sparse.test_acc[e - 1] for e in evaluated] == [every.test_acc[e - 1] for e in evaluated]
+    assert sparse.final["test_acc"] == cnnlib.evaluate(sparse_net, digits32)["acc"]
+    assert not sparse.same_metrics(every) and sparse.same_metrics(sparse)   # NaN == NaN for histories
+    once = cnnlib.fit(_lenet(), digits32, epochs=5, batch_size=64, seed=5, eval_every=5, cache=False)
+    assert sum(not math.isnan(a) for a in once.test_acc) == 1 and once.final == sparse.final | {"time": once.final["time"]}
+
+
 def test_label_smoothing_raises_the_loss_floor(digits32, quiet):
     plain = cnnlib.fit(_lenet(), digits32, epochs=2, batch_size=64, cache=False)
     smooth = cnnlib.fit(_lenet(), digits32, epochs=2, batch_size=64, label_smoothing=0.2, cache=False)
@@ -61,6 +76,8 @@ def test_divergence_stops_early_with_a_warning_not_a_crash(digits32, quiet):
 def test_bad_arguments_are_clear_errors(digits32):
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         cnnlib.fit(_lenet(), digits32, epochs=0)
+    with pytest.raises(ValueError, match="eval_every must be at least 1"):
+        cnnlib.fit(_lenet(), digits32, epochs=1, eval_every=0)
 
 
 def test_history_round_trips_and_plots(digits32, quiet):
