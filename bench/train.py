@@ -237,21 +237,11 @@ def width_vs_depth(steps: int = 20, batch: int = 128, side: int = 16) -> cnnlib.
             nets = {}
             for label, spec in ((thin_label, thin_spec), (wide_label, wide_spec)):
                 torch.manual_seed(SEED)
-                nets[label] = models.create(**spec, num_classes=10, in_channels=1).train().to(memory_format=layout)
+                nets[label] = models.create(**spec, num_classes=10, in_channels=1).to(memory_format=layout)
             if layout is torch.contiguous_format:
                 row += [f"{cnnlib.count_params(n):,}" for n in nets.values()]
             xb = torch.randn(batch, 1, side, side).contiguous(memory_format=layout)
-            yb = torch.randint(0, 10, (batch,))
-            optimizers = {k: torch.optim.SGD(n.parameters(), lr=1e-3) for k, n in nets.items()}
-            times = {k: [] for k in nets}
-            for step in range(steps + 2):  # two warm-up rounds
-                for k, net in nets.items():
-                    start = time.perf_counter()
-                    optimizers[k].zero_grad()
-                    F.cross_entropy(net(xb), yb).backward()
-                    optimizers[k].step()
-                    if step >= 2:
-                        times[k].append(time.perf_counter() - start)
+            times = cnnlib.measure.step_times(nets, xb, torch.randint(0, 10, (batch,)), steps=steps)
             t_thin, t_wide = (1000 * statistics.median(times[k]) for k in (thin_label, wide_label))
             row += [f"{t_thin:.1f}", f"{t_wide:.1f}", f"{t_thin / t_wide:.2f}×"]
             print(f"{thin_label} vs {wide_label}, {'channels-last' if layout is torch.channels_last else 'default'}"

@@ -1,4 +1,4 @@
-"""Measuring networks: parameters, FLOPs, receptive fields, forward time.
+"""Measuring networks: parameters, FLOPs, receptive fields, forward and training-step time.
 
 FLOPs vs multiply-adds
 ----------------------
@@ -87,6 +87,30 @@ def forward_time(model: nn.Module, input_size, repeats: int = 10, warmup: int = 
     x = _example(model, input_size)
     with eval_mode(model):
         return median_time(lambda: model(x), x.device, repeats, warmup)
+
+
+def step_times(models: dict[str, nn.Module], x: Tensor, y: Tensor, steps: int = 20,
+               warmup: int = 2) -> dict[str, list[float]]:
+    """Wall times (s) of ``steps`` training steps — forward, cross-entropy, backward, SGD update —
+    of each model on the batch ``(x, y)``, after ``warmup`` untimed rounds. The models take turns
+    step by step, so a busy machine slows them alike; each trains a copy (in its own memory
+    layout), so the models passed in are left as they were."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    copies = {name: copy.deepcopy(m).train() for name, m in models.items()}
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in copies.items()}
+    times = {name: [] for name in models}
+    for step in range(warmup + steps):
+        for name, m in copies.items():
+            start = time.perf_counter()
+            optimizers[name].zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            optimizers[name].step()
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 # --------------------------------------------------------------------------------------------

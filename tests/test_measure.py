@@ -105,3 +105,21 @@ def test_median_time_calls_warmup_plus_repeats_times_and_takes_the_median():
     assert len(calls) == 5 and t >= 0
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         median_time(lambda: None, torch.device("cpu"), repeats=0)
+
+
+def test_step_times_trains_copies_in_turns_and_leaves_the_models_as_they_were():
+    torch.manual_seed(0)
+    nets = {"a": nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), "b": nn.Sequential(nn.Flatten(), nn.Linear(12, 3))}
+    nets["b"].eval()
+    before = {k: [p.clone() for p in n.parameters()] for k, n in nets.items()}
+    calls = []
+    nets["a"].register_forward_hook(lambda *_: calls.append("a"))      # copied with the module
+    nets["b"].register_forward_hook(lambda *_: calls.append("b"))
+    x, y = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    times = measure.step_times(nets, x, y, steps=3, warmup=2)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and all(t >= 0 for v in times.values() for t in v)
+    assert calls == ["a", "b"] * 5                                      # warm-up + timed rounds, in turns
+    assert all(torch.equal(p, q) for k, n in nets.items() for p, q in zip(n.parameters(), before[k]))
+    assert not nets["b"].training                                      # the caller's mode is kept too
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        measure.step_times(nets, x, y, steps=0)
